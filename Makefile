@@ -1,0 +1,41 @@
+# GameRec: every target runs from the project root. `make install` first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GAMEREC := $(VENV)/bin/gamerec
+SHARED := ../shared/data
+
+.PHONY: install synth steam train index evaluate test test-fast lint quickstart clean-data
+
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+synth: install
+	$(GAMEREC) data synth
+
+steam: install
+	$(GAMEREC) data steam200k --plays $(SHARED)/steam-200k-play.csv --games $(SHARED)/steam-games.parquet
+
+train: install
+	$(GAMEREC) train
+
+index: install
+	$(GAMEREC) index --type $(or $(TYPE),hnsw)
+
+evaluate: install
+	$(GAMEREC) evaluate
+
+# The README's first command: install, synthetic data, train, save to the model store.
+quickstart: synth train
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,91 @@
+"""Save, load and search FAISS indexes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.build import as_matrix
+
+
+def write_index(index: faiss.Index, path: Path | str) -> None:
+    """Write `index` to `path` atomically: a failed write leaves any existing file untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp_name)
+        with open(tmp_name, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_index(path: Path | str) -> faiss.Index:
+    """Read an index written by `write_index`; a missing or corrupt file raises ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: index file not found")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: not a readable FAISS index ({err})") from err
+
+
+def _check_exclude(exclude: list[set[int]] | None, n_queries: int) -> list[set[int]]:
+    if exclude is None:
+        return [set()] * n_queries
+    if len(exclude) != n_queries:
+        raise ValueError(f"exclude has {len(exclude)} sets for {n_queries} queries")
+    return exclude
+
+
+def _keep_top(
+    scores: np.ndarray, ids: np.ndarray, excluded: set[int], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first k results that are real ids not in `excluded`, padded with (-inf, -1)."""
+    keep = (ids >= 0) & ~np.isin(ids, list(excluded))
+    kept_scores, kept_ids = scores[keep][:k], ids[keep][:k]
+    missing = k - len(kept_ids)
+    return (
+        np.pad(kept_scores, (0, missing), constant_values=-np.inf),
+        np.pad(kept_ids, (0, missing), constant_values=-1),
+    )
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    exclude: list[set[int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) for every query row in one batched faiss search, best first.
+
+    `exclude[i]` holds item ids never returned for query i. k is clamped to the number of
+    items; a row with fewer than k allowed results is padded with score -inf and id -1.
+    Returns float32 scores and int64 ids, both of shape (n_queries, k).
+    """
+    queries = as_matrix(queries, "queries")
+    if queries.shape[1] != index.d:
+        raise ValueError(f"queries have dim {queries.shape[1]}, the index has dim {index.d}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    exclude = _check_exclude(exclude, len(queries))
+    k = min(k, index.ntotal)
+    extra = max((len(e) for e in exclude), default=0)
+    fetch = min(k + extra, index.ntotal)
+    if fetch == 0:
+        empty = np.empty((len(queries), 0))
+        return empty.astype(np.float32), empty.astype(np.int64)
+    scores, ids = index.search(queries, fetch)
+    rows = [_keep_top(s, i, e, k) for s, i, e in zip(scores, ids, exclude, strict=True)]
+    top_scores = np.array([r[0] for r in rows], dtype=np.float32).reshape(len(queries), k)
+    top_ids = np.array([r[1] for r in rows], dtype=np.int64).reshape(len(queries), k)
+    return top_scores, top_ids

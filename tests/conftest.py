@@ -1,0 +1,58 @@
+"""Shared fixtures. Tests use a private BentoML model store, never the user's ~/bentoml."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="gamerec-test-bentoml-")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+import pytest  # noqa: E402
+
+from training.config import TrainingSettings, load_training_config  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+STEAM_PLAYS = SHARED_DATA / "steam-200k-play.csv"
+STEAM_GAMES = SHARED_DATA / "steam-games.parquet"
+
+
+def requires_steam_data() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not (STEAM_PLAYS.is_file() and STEAM_GAMES.is_file()),
+        reason=f"real Steam data not found in {SHARED_DATA} (it is there in CI)",
+    )
+
+
+def quick_settings(processed_dir: Path, **train: object) -> TrainingSettings:
+    """The project's config with a small, fast training run."""
+    settings = load_training_config(PROJECT_ROOT / "configs" / "training.yaml")
+    return settings.model_copy(
+        update={
+            "data": settings.data.model_copy(update={"processed_dir": processed_dir}),
+            "train": settings.train.model_copy(update={"epochs": 6, "patience": 3, **train}),
+            "eval": settings.eval.model_copy(update={"ease_lambdas": [50.0, 200.0]}),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic data set on disk (3,000 users x 400 games)."""
+    from training.data.io import write_dataset
+    from training.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("processed")
+    interactions, games = generate(n_users=3000, n_games=400, seed=7)
+    write_dataset(interactions, games, out, name="synthetic-small")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(small_data: Path):
+    """One short training run on the small data set, saved to the (private) model store."""
+    from training.pipeline import run
+
+    return run(quick_settings(small_data), progress=False, save=True)

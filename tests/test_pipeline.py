@@ -1,0 +1,175 @@
+"""Synthetic data -> short training -> evaluation -> index -> model store, and back."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import bentoml
+import faiss
+import numpy as np
+import pytest
+
+from index import build_index
+from training.config import IndexConfig
+from training.features import UserRecord
+from training.recommender import Recommender
+from training.store import ModelIntegrityError, load_model, load_model_dir, save_model
+
+
+def test_two_tower_clearly_beats_popularity(trained):
+    table = trained.table
+    assert set(table) == {"popularity", "ease", "two-tower"}
+    assert table["two-tower"]["recall@10"] > 1.3 * table["popularity"]["recall@10"], table
+    assert table["two-tower"]["ndcg@10"] > table["popularity"]["ndcg@10"], table
+
+
+def test_training_keeps_the_best_validation_epoch(trained):
+    epochs = trained.train.epochs
+    best = max(epochs, key=lambda e: e["val_recall@10"])
+    assert trained.train.best_epoch == best["epoch"]
+    assert trained.train.best_validation == best["val_recall@10"]
+
+
+def test_split_holds_users_out_of_training(trained):
+    split = trained.split
+    held_out = set(split.validation.users) | set(split.test.users)
+    assert held_out.isdisjoint(split.train_users)
+    for inputs, targets, user in zip(
+        split.test.inputs, split.test.targets, split.test.users, strict=True
+    ):
+        games = trained.histories.games[trained.histories.span(user)]
+        assert set(games[inputs]).isdisjoint(targets)
+        assert len(inputs) + len(targets) == len(games)
+
+
+def test_metrics_and_chart_are_stored_with_the_model(trained):
+    stored = load_model(trained.tag)
+    assert stored.metrics["evaluation"]["two-tower"] == pytest.approx(trained.table["two-tower"])
+    assert stored.chart_png.startswith(b"\x89PNG")
+    assert stored.dataset == "synthetic-small"
+    assert stored.metrics["index"]["recall_at_10"] == 1.0
+
+
+def _records(trained, n: int = 20) -> list[UserRecord]:
+    h, games = trained.histories, trained.artifacts.vocab.games
+    records = []
+    for user in trained.split.test.users[:n]:
+        span = h.span(user)
+        records.append(
+            UserRecord(
+                time_played={
+                    games[g]: float(m) for g, m in zip(h.games[span], h.minutes[span], strict=True)
+                },
+                achievements={
+                    games[g]: int(a)
+                    for g, a in zip(h.games[span], h.achievements[span], strict=True)
+                },
+            )
+        )
+    return records
+
+
+def test_store_round_trip_gives_identical_recommendations(trained):
+    records = _records(trained) + [UserRecord(genres=["rpg"]), UserRecord()]
+    in_memory = Recommender(trained.artifacts).recommend(records, k=10)
+    loaded = Recommender.from_store(trained.tag).recommend(records, k=10)
+    for a, b in zip(in_memory, loaded, strict=True):
+        np.testing.assert_array_equal(a.games, b.games)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+def test_recommendations_never_include_played_games(trained):
+    records = _records(trained)
+    recommender = Recommender(trained.artifacts)
+    for record, ranked in zip(records, recommender.recommend(records, k=50), strict=True):
+        played = {recommender.artifacts.vocab.game_index[g] for g in record.time_played}
+        assert len(ranked.games) == 50
+        assert played.isdisjoint(ranked.games.tolist())
+        assert np.all(np.diff(ranked.scores) <= 1e-6)
+
+
+def test_rebuilt_index_is_a_new_version_with_measured_recall(trained):
+    artifacts = load_model(trained.tag)
+    cfg = IndexConfig(type="hnsw")
+    index = build_index(artifacts.item_embeddings, cfg)
+    tag = save_model(
+        replace(
+            artifacts,
+            index=index,
+            metrics={**artifacts.metrics, "index": {"type": "hnsw", "recall_at_10": 0.99}},
+        )
+    )
+    assert tag != trained.tag
+    assert load_model(tag).index.ntotal == len(artifacts.vocab.games)
+
+
+@pytest.fixture
+def model_copy(trained, tmp_path: Path) -> Path:
+    source = Path(bentoml.models.get(trained.tag).path)
+    target = tmp_path / "model"
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_copy_of_the_model_folder_loads(model_copy: Path):
+    assert load_model_dir(model_copy, tag="copy").index.ntotal > 0
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda p: (p / "towers.pt").unlink(), "missing towers.pt"),
+        (lambda p: (p / "towers.pt").write_bytes(b"not a checkpoint"), "cannot read towers.pt"),
+        (lambda p: (p / "index.faiss").write_bytes(b"\0" * 64), "cannot read index.faiss"),
+        (
+            lambda p: faiss.write_index(faiss.IndexFlatIP(8), str(p / "index.faiss")),
+            "index.faiss has dimension 8",
+        ),
+        (
+            lambda p: np.save(p / "item_embeddings.npy", np.zeros((3, 64), np.float32)),
+            "item_embeddings.npy has shape",
+        ),
+        (
+            lambda p: (p / "vocab.json").write_text('{"games": ["x"], "genres": [], "tags": []}'),
+            "towers.pt does not fit",
+        ),
+        (
+            lambda p: (p / "catalog.parquet").write_bytes(b"PAR1garbage"),
+            "cannot read catalog.parquet",
+        ),
+        (
+            lambda p: (p / "training.yaml").write_text("model: {embedding_dim: -1}"),
+            "cannot read training.yaml",
+        ),
+    ],
+    ids=[
+        "no-weights",
+        "bad-weights",
+        "bad-index",
+        "index-dim",
+        "embeddings",
+        "vocab",
+        "catalog",
+        "config",
+    ],
+)
+def test_a_broken_model_is_refused_naming_the_part(model_copy: Path, corrupt, message: str):
+    corrupt(model_copy)
+    with pytest.raises(ModelIntegrityError, match=message):
+        load_model_dir(model_copy, tag="broken")
+
+
+def test_index_with_a_vector_per_game_missing_is_refused(model_copy: Path):
+    artifacts = load_model_dir(model_copy, tag="copy")
+    short = faiss.IndexFlatIP(artifacts.item_embeddings.shape[1])
+    short.add(artifacts.item_embeddings[:-1])
+    faiss.write_index(short, str(model_copy / "index.faiss"))
+    with pytest.raises(ModelIntegrityError, match="vectors for"):
+        load_model_dir(model_copy, tag="short")
+
+
+def test_unknown_model_tag_says_how_to_make_one():
+    with pytest.raises(ModelIntegrityError, match="gamerec train"):
+        load_model("gamerec:doesnotexist")

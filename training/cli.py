@@ -1,0 +1,152 @@
+"""The `gamerec` command: data import, training, index rebuilds and evaluation."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from training.config import ConfigError, IndexConfig, load_training_config
+from training.schema import DataError
+
+app = typer.Typer(
+    help="GameRec: a two-tower game recommender.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Write a data set to data/processed/.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DEFAULT_OUT = Path("data/processed")
+
+
+class IndexType(StrEnum):
+    flat = "flat"
+    ivf = "ivf"
+    ivfpq = "ivfpq"
+    hnsw = "hnsw"
+
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+def clear_errors(func: _F) -> _F:
+    """Known failures end with one line naming what is wrong, and exit code 2."""
+    from training.store import ModelIntegrityError
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return func(*args, **kwargs)
+        except (DataError, ConfigError, ModelIntegrityError, FileNotFoundError, ValueError) as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _report(out_dir: Path, report: dict) -> None:
+    typer.echo(f"wrote {out_dir}/interactions.parquet, games.parquet, dataset.json")
+    typer.echo(json.dumps(report, indent=2, default=str))
+
+
+@data_app.command("synth")
+@clear_errors
+def data_synth(
+    users: Annotated[int, typer.Option(min=1, help="number of users")] = 20_000,
+    games: Annotated[int, typer.Option(min=1, help="number of games")] = 5_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    out: Annotated[Path, typer.Option(help="output directory")] = DEFAULT_OUT,
+) -> None:
+    """Generate the seeded synthetic data set (the embedded default)."""
+    from training.data.io import write_dataset
+    from training.data.synthetic import generate
+
+    interactions, catalog = generate(n_users=users, n_games=games, seed=seed)
+    report = {"users": users, "games": games, "seed": seed, "interactions": len(interactions)}
+    write_dataset(interactions, catalog, out, name="synthetic", report=report)
+    _report(out, report)
+
+
+@data_app.command("steam200k")
+@clear_errors
+def data_steam200k(
+    plays: Annotated[Path, typer.Option(help="Steam play CSV (3-column or raw Kaggle form)")],
+    games: Annotated[Path | None, typer.Option(help="UCSD steam games metadata (Parquet)")] = None,
+    out: Annotated[Path, typer.Option(help="output directory")] = DEFAULT_OUT,
+) -> None:
+    """Import the Steam 200k play data, joined to the UCSD game metadata by title."""
+    from training.data.io import write_dataset
+    from training.data.steam import import_steam200k
+
+    interactions, catalog, report = import_steam200k(plays, games)
+    write_dataset(interactions, catalog, out, name="steam200k", report=report)
+    _report(out, report)
+
+
+@app.command()
+@clear_errors
+def train(
+    config: Annotated[Path, typer.Option(help="training config")] = Path("configs/training.yaml"),
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Train, evaluate against the baselines, build the index, save a new model version."""
+    from training.pipeline import run, summary
+
+    result = run(load_training_config(config), progress=not quiet)
+    typer.echo(summary(result))
+    typer.secho(f"saved model: {result.tag}", fg=typer.colors.GREEN)
+
+
+@app.command()
+@clear_errors
+def index(
+    type: Annotated[IndexType, typer.Option("--type", help="index kind")] = IndexType.flat,  # noqa: A002
+    model: Annotated[str, typer.Option(help="model tag")] = "gamerec:latest",
+) -> None:
+    """Rebuild the index of a stored model as a new version, with its measured recall."""
+    from training.pipeline import build_index
+    from training.store import load_model, save_model
+
+    artifacts = load_model(model)
+    cfg = IndexConfig.model_validate({**artifacts.settings.index.model_dump(), "type": type.value})
+    built, report = build_index(
+        artifacts.item_embeddings, artifacts.recall_queries, cfg, artifacts.settings.train.seed
+    )
+    settings = artifacts.settings.model_copy(update={"index": cfg})
+    metrics = {**artifacts.metrics, "index": report}
+    tag = save_model(replace(artifacts, index=built, settings=settings, metrics=metrics))
+    typer.echo(
+        f"index {report['type']}: recall@10 vs exact {report['recall_at_10']:.4f}, "
+        f"built in {report['build_seconds']:.2f} s, params {report['params']}"
+    )
+    typer.secho(f"saved model: {tag}", fg=typer.colors.GREEN)
+
+
+@app.command()
+@clear_errors
+def evaluate(model: Annotated[str, typer.Option(help="model tag")] = "gamerec:latest") -> None:
+    """Print the evaluation table of a stored model."""
+    from training.report import format_table
+    from training.store import load_model
+
+    artifacts = load_model(model)
+    typer.echo(
+        format_table(
+            artifacts.metrics["evaluation"], f"{artifacts.tag} (data set: {artifacts.dataset})"
+        )
+    )
+    typer.echo(
+        f"index: {artifacts.metrics['index']['type']}, "
+        f"recall@10 vs exact {artifacts.metrics['index']['recall_at_10']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    app()

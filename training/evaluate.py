@@ -1,0 +1,178 @@
+"""Held-out-users evaluation: the split, full-catalog ranking metrics, and the baselines.
+
+Protocol: users with at least `split.min_games` games are eligible to be held out; a seeded
+share becomes validation users and another test users. Each held-out user's games are split
+(seeded) into inputs (80%) and targets (20%). Every method ranks the whole catalog from the
+inputs alone, inputs are excluded from the ranking, and we report Recall@K (hits over
+min(K, #targets)) and NDCG@K. Training sees only the training users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.config import EvalConfig, SplitConfig
+from training.features import Histories
+
+# Scores every catalog game for a chunk of evaluation users: (users, n_games) float32.
+Scorer = Callable[["EvalSet", slice], np.ndarray]
+EVAL_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out users with the positions (within their history) of inputs and the target games."""
+
+    users: np.ndarray
+    inputs: list[np.ndarray]  # positions within each user's history
+    targets: list[np.ndarray]  # catalog positions
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(frozen=True)
+class Split:
+    train_users: np.ndarray
+    validation: EvalSet
+    test: EvalSet
+
+
+def split_users(histories: Histories, cfg: SplitConfig) -> Split:
+    rng = np.random.default_rng(cfg.seed)
+    lengths = histories.lengths()
+    eligible = rng.permutation(np.flatnonzero(lengths >= cfg.min_games))
+    n_val = min(int(len(eligible) * cfg.val_users), cfg.max_eval_users)
+    n_test = min(int(len(eligible) * cfg.test_users), cfg.max_eval_users)
+    val_users, test_users = np.sort(eligible[:n_val]), np.sort(eligible[n_val : n_val + n_test])
+    held_out = np.zeros(len(histories), dtype=bool)
+    held_out[val_users] = held_out[test_users] = True
+    return Split(
+        train_users=np.flatnonzero(~held_out),
+        validation=_hold_out(histories, val_users, cfg.holdout_fraction, rng),
+        test=_hold_out(histories, test_users, cfg.holdout_fraction, rng),
+    )
+
+
+def _hold_out(
+    histories: Histories, users: np.ndarray, fraction: float, rng: np.random.Generator
+) -> EvalSet:
+    inputs, targets = [], []
+    for user in users:
+        n = histories.indptr[user + 1] - histories.indptr[user]
+        order = rng.permutation(n)
+        n_targets = max(1, int(round(fraction * n)))
+        inputs.append(np.sort(order[n_targets:]))
+        targets.append(histories.games[histories.span(user)][np.sort(order[:n_targets])])
+    return EvalSet(users=users, inputs=inputs, targets=targets)
+
+
+def ranking_metrics(
+    scorer: Scorer, histories: Histories, eval_set: EvalSet, ks: list[int]
+) -> dict[str, float]:
+    """Recall@K and NDCG@K of a scorer over the whole catalog, inputs excluded."""
+    max_k = max(ks)
+    totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
+    for start in range(0, len(eval_set), EVAL_CHUNK):
+        rows = slice(start, min(start + EVAL_CHUNK, len(eval_set)))
+        scores = np.asarray(scorer(eval_set, rows), dtype=np.float32).copy()
+        for i, user in enumerate(eval_set.users[rows]):
+            scores[i, histories.games[histories.span(user)][eval_set.inputs[start + i]]] = -np.inf
+        top = _top_k(scores, max_k)
+        for i, ranked in enumerate(top):
+            targets = eval_set.targets[start + i]
+            hits = np.isin(ranked, targets)
+            for k in ks:
+                ideal = min(k, len(targets))
+                totals[f"recall@{k}"] += hits[:k].sum() / ideal
+                totals[f"ndcg@{k}"] += (hits[:k] * discounts[:k]).sum() / discounts[:ideal].sum()
+    return {name: total / max(len(eval_set), 1) for name, total in totals.items()}
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def input_matrix(
+    histories: Histories, eval_set: EvalSet, rows: slice, n_games: int
+) -> sp.csr_matrix:
+    """Binary user x game matrix of the evaluation users' inputs."""
+    cols = [
+        histories.games[histories.span(u)][eval_set.inputs[i]]
+        for i, u in zip(range(rows.start, rows.stop), eval_set.users[rows], strict=True)
+    ]
+    indptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
+    data = np.ones(indptr[-1], dtype=np.float32)
+    indices = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(cols), n_games))
+
+
+def train_matrix(histories: Histories, users: np.ndarray, n_games: int) -> sp.csr_matrix:
+    """Binary user x game matrix of the training users."""
+    spans = [histories.games[histories.span(u)] for u in users]
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in spans])])
+    data = np.ones(indptr[-1], dtype=np.float32)
+    return sp.csr_matrix((data, np.concatenate(spans), indptr), shape=(len(users), n_games))
+
+
+def popularity_scorer(train: sp.csr_matrix) -> Scorer:
+    counts = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+
+    def score(eval_set: EvalSet, rows: slice) -> np.ndarray:
+        return np.broadcast_to(counts, (rows.stop - rows.start, len(counts)))
+
+    return score
+
+
+def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE (Steck, 2019): closed-form item-item weights with a zero diagonal."""
+    gram = (train.T @ train).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    precision = np.linalg.inv(gram)
+    weights = -precision / np.diag(precision)
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights.astype(np.float32)
+
+
+def ease_scorer(histories: Histories, weights: np.ndarray) -> Scorer:
+    def score(eval_set: EvalSet, rows: slice) -> np.ndarray:
+        return np.asarray(input_matrix(histories, eval_set, rows, len(weights)) @ weights)
+
+    return score
+
+
+def tune_ease(
+    histories: Histories, train: sp.csr_matrix, validation: EvalSet, lambdas: list[float]
+) -> tuple[float, np.ndarray]:
+    """EASE with λ chosen by Recall@10 on validation users."""
+    best: tuple[float, float, np.ndarray] | None = None
+    for lam in lambdas:
+        weights = ease_weights(train, lam)
+        recall = ranking_metrics(ease_scorer(histories, weights), histories, validation, [10])
+        if best is None or recall["recall@10"] > best[0]:
+            best = (recall["recall@10"], lam, weights)
+    assert best is not None, "eval.ease_lambdas is empty"
+    return best[1], best[2]
+
+
+def baseline_table(
+    histories: Histories, split: Split, n_games: int, cfg: EvalConfig
+) -> dict[str, dict[str, float]]:
+    """Popularity and tuned EASE on the test users."""
+    train = train_matrix(histories, split.train_users, n_games)
+    lam, weights = tune_ease(histories, train, split.validation, cfg.ease_lambdas)
+    return {
+        "popularity": ranking_metrics(popularity_scorer(train), histories, split.test, cfg.ks),
+        "ease": {
+            **ranking_metrics(ease_scorer(histories, weights), histories, split.test, cfg.ks),
+            "lambda": lam,
+        },
+    }

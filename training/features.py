@@ -1,0 +1,320 @@
+"""Request-shaped records to model inputs: the one feature module of training and serving.
+
+A user is what a client sends: `time_played` (game id -> minutes), `achievements`
+(game id -> count) and preferred `genres`. Training builds the same records from the play
+table (with the target game removed), so the towers see identical features in both places.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from training.config import FeatureConfig
+from training.schema import normalize_label
+
+# Dense user features: log1p(#games), log1p(total minutes), log1p(total achievements), has genres.
+N_DENSE = 4
+_DENSE_SCALE = np.array([1 / 5, 1 / 10, 1 / 8, 1.0], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Positions of games, genres and tags; a game's position is its row in the catalog."""
+
+    games: list[str]
+    genres: list[str]
+    tags: list[str]
+    game_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    genre_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    tag_index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "game_index", {g: i for i, g in enumerate(self.games)})
+        object.__setattr__(self, "genre_index", {g: i for i, g in enumerate(self.genres)})
+        object.__setattr__(self, "tag_index", {t: i for i, t in enumerate(self.tags)})
+
+    @classmethod
+    def from_catalog(cls, games: pd.DataFrame) -> Vocabulary:
+        genres = sorted({g for gs in games["genres"] for g in gs})
+        tags = sorted({t for ts in games["tags"] for t in ts})
+        return cls(games=[str(g) for g in games["game_id"]], genres=genres, tags=tags)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"games": self.games, "genres": self.genres, "tags": self.tags}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(games=raw["games"], genres=raw["genres"], tags=raw["tags"])
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What a client knows about a player, in the request's own units (minutes)."""
+
+    time_played: dict[str, float] = field(default_factory=dict)
+    achievements: dict[str, int] = field(default_factory=dict)
+    genres: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EncodedUser:
+    """One user's model inputs as positions and weights, before batching."""
+
+    games: np.ndarray  # int64 positions of played games
+    game_weights: np.ndarray  # float32, sums to 1 (or empty)
+    achievement_weights: np.ndarray  # float32 per played game, sums to 1 (or all zero)
+    genres: np.ndarray  # int64 positions of preferred genres
+    dense: np.ndarray  # float32 (N_DENSE,)
+    unknown_games: tuple[str, ...] = ()
+    unknown_genres: tuple[str, ...] = ()
+
+
+def _normalized(weights: np.ndarray) -> np.ndarray:
+    total = weights.sum()
+    return (weights / total).astype(np.float32) if total > 0 else np.zeros_like(weights, np.float32)
+
+
+def history_weights(minutes: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """How much each played game counts, before normalization."""
+    if cfg.history_weight == "log1p":
+        return 1.0 + np.log1p(minutes)  # a listed game counts even at 0 minutes
+    return np.ones(len(minutes))
+
+
+def encode_history(
+    games: np.ndarray,
+    minutes: np.ndarray,
+    achievements: np.ndarray,
+    genres: np.ndarray,
+    cfg: FeatureConfig,
+) -> EncodedUser:
+    """The feature function itself: positions of played games with minutes and achievements."""
+    games = np.asarray(games, dtype=np.int64)
+    minutes = np.asarray(minutes, dtype=np.float64)
+    achievements = np.asarray(achievements, dtype=np.float64)
+    if len(games) > cfg.max_history:  # keep the most-played games
+        keep = np.argsort(-minutes, kind="stable")[: cfg.max_history]
+        games, minutes, achievements = games[keep], minutes[keep], achievements[keep]
+    weights = history_weights(minutes, cfg)
+    dense = np.array(
+        [
+            np.log1p(len(games)),
+            np.log1p(minutes.sum()),
+            np.log1p(achievements.sum()),
+            len(genres) > 0,
+        ],
+        dtype=np.float32,
+    )
+    return EncodedUser(
+        games=games,
+        game_weights=_normalized(weights),
+        achievement_weights=_normalized(np.log1p(achievements)),
+        genres=np.asarray(genres, dtype=np.int64),
+        dense=dense * _DENSE_SCALE,
+    )
+
+
+def encode_record(record: UserRecord, vocab: Vocabulary, cfg: FeatureConfig) -> EncodedUser:
+    """A request-shaped record to features; unknown game ids and genres are dropped and listed.
+
+    A game with achievements but no minutes counts as played for 0 minutes.
+    """
+    played = list(dict.fromkeys([*record.time_played, *record.achievements]))
+    known = [g for g in played if g in vocab.game_index]
+    labels = [normalize_label(g) for g in record.genres]
+    encoded = encode_history(
+        games=np.array([vocab.game_index[g] for g in known], dtype=np.int64),
+        minutes=np.array([record.time_played.get(g, 0.0) for g in known], dtype=np.float64),
+        achievements=np.array([record.achievements.get(g, 0) for g in known], dtype=np.float64),
+        genres=np.array(
+            sorted({vocab.genre_index[g] for g in labels if g in vocab.genre_index}), dtype=np.int64
+        ),
+        cfg=cfg,
+    )
+    return replace(
+        encoded,
+        unknown_games=tuple(g for g in played if g not in vocab.game_index),
+        unknown_genres=tuple(
+            g for g, lab in zip(record.genres, labels, strict=True) if lab not in vocab.genre_index
+        ),
+    )
+
+
+@dataclass
+class UserBatch:
+    """Flat tensors for `F.embedding_bag`: a bag of games and a bag of genres per user."""
+
+    games: torch.Tensor
+    game_offsets: torch.Tensor
+    game_weights: torch.Tensor
+    achievement_weights: torch.Tensor
+    genres: torch.Tensor
+    genre_offsets: torch.Tensor
+    genre_weights: torch.Tensor
+    dense: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.game_offsets)
+
+
+def _offsets(lengths: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64))
+
+
+def collate_users(users: list[EncodedUser]) -> UserBatch:
+    genre_weights = [np.full(len(u.genres), 1.0 / max(len(u.genres), 1), np.float32) for u in users]
+    return UserBatch(
+        games=torch.from_numpy(np.concatenate([u.games for u in users])),
+        game_offsets=_offsets([len(u.games) for u in users]),
+        game_weights=torch.from_numpy(np.concatenate([u.game_weights for u in users])),
+        achievement_weights=torch.from_numpy(
+            np.concatenate([u.achievement_weights for u in users])
+        ),
+        genres=torch.from_numpy(np.concatenate([u.genres for u in users])),
+        genre_offsets=_offsets([len(u.genres) for u in users]),
+        genre_weights=torch.from_numpy(np.concatenate(genre_weights)),
+        dense=torch.from_numpy(np.stack([u.dense for u in users])),
+    )
+
+
+@dataclass
+class ItemBatch:
+    """Flat tensors for the item tower: id, a bag of genres and a bag of tags per game."""
+
+    ids: torch.Tensor
+    genres: torch.Tensor
+    genre_offsets: torch.Tensor
+    genre_weights: torch.Tensor
+    tags: torch.Tensor
+    tag_offsets: torch.Tensor
+    tag_weights: torch.Tensor
+
+    def select(self, positions: torch.Tensor) -> ItemBatch:
+        """The sub-batch of the given catalog positions (training takes targets from here)."""
+        pos = positions.numpy()
+        return _item_batch(
+            pos,
+            [self._bag(pos_i, "genre") for pos_i in pos],
+            [self._bag(pos_i, "tag") for pos_i in pos],
+        )
+
+    def _bag(self, position: int, kind: str) -> np.ndarray:
+        values, offsets = getattr(self, f"{kind}s"), getattr(self, f"{kind}_offsets")
+        end = offsets[position + 1] if position + 1 < len(offsets) else len(values)
+        return values[offsets[position] : end].numpy()
+
+
+def _item_batch(ids: np.ndarray, genres: list[np.ndarray], tags: list[np.ndarray]) -> ItemBatch:
+    def weights(bags: list[np.ndarray]) -> torch.Tensor:
+        parts = [np.full(len(b), 1.0 / max(len(b), 1), np.float32) for b in bags]
+        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+
+    def flat(bags: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(
+            np.concatenate(bags).astype(np.int64) if bags else np.zeros(0, np.int64)
+        )
+
+    return ItemBatch(
+        ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+        genres=flat(genres),
+        genre_offsets=_offsets([len(b) for b in genres]),
+        genre_weights=weights(genres),
+        tags=flat(tags),
+        tag_offsets=_offsets([len(b) for b in tags]),
+        tag_weights=weights(tags),
+    )
+
+
+def catalog_items(games: pd.DataFrame, vocab: Vocabulary, cfg: FeatureConfig) -> ItemBatch:
+    """Item-tower inputs for the whole catalog, in catalog order."""
+    genres = [
+        np.array([vocab.genre_index[g] for g in gs if g in vocab.genre_index], np.int64)
+        for gs in games["genres"]
+    ]
+    tags = [
+        np.array(
+            [vocab.tag_index[t] for t in list(ts)[: cfg.max_item_tags] if t in vocab.tag_index],
+            np.int64,
+        )
+        for ts in games["tags"]
+    ]
+    return _item_batch(np.arange(len(games)), genres, tags)
+
+
+def game_genre_positions(vocab: Vocabulary, games: pd.DataFrame) -> list[np.ndarray]:
+    """Each catalog game's genre positions (used to derive preferred genres from a history)."""
+    return [
+        np.array([vocab.genre_index[g] for g in gs if g in vocab.genre_index], np.int64)
+        for gs in games["genres"]
+    ]
+
+
+def top_genres(
+    games: np.ndarray, weights: np.ndarray, game_genres: list[np.ndarray], n: int
+) -> np.ndarray:
+    """The `n` genres a history weights most: what a player would tick as preferred genres."""
+    if n == 0 or len(games) == 0:
+        return np.zeros(0, np.int64)
+    score: dict[int, float] = {}
+    for g, w in zip(games, weights, strict=True):
+        for genre in game_genres[g]:
+            score[int(genre)] = score.get(int(genre), 0.0) + float(w)
+    ranked = sorted(score, key=lambda k: (-score[k], k))[:n]
+    return np.array(sorted(ranked), np.int64)
+
+
+@dataclass(frozen=True)
+class Histories:
+    """All users' play histories as CSR arrays over catalog positions."""
+
+    user_ids: np.ndarray  # str, one per user
+    indptr: np.ndarray  # int64 (n_users + 1,)
+    games: np.ndarray  # int64 catalog positions
+    minutes: np.ndarray  # float64
+    achievements: np.ndarray  # float64
+
+    @classmethod
+    def from_interactions(cls, interactions: pd.DataFrame, vocab: Vocabulary) -> Histories:
+        positions = interactions["game_id"].map(vocab.game_index)
+        if positions.isna().any():
+            missing = interactions.loc[positions.isna(), "game_id"].iloc[0]
+            raise ValueError(f"game {missing!r} is played but not in the catalog")
+        frame = interactions.assign(pos=positions.astype(np.int64)).sort_values(
+            ["user_id", "pos"], kind="stable"
+        )
+        user_ids, counts = np.unique(frame["user_id"].to_numpy(dtype=str), return_counts=True)
+        return cls(
+            user_ids=user_ids,
+            indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            games=frame["pos"].to_numpy(np.int64),
+            minutes=frame["minutes_played"].to_numpy(np.float64),
+            achievements=frame["achievements"].to_numpy(np.float64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def span(self, user: int) -> slice:
+        return slice(self.indptr[user], self.indptr[user + 1])
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def encode(
+        self, user: int, keep: np.ndarray, genres: np.ndarray, cfg: FeatureConfig
+    ) -> EncodedUser:
+        """Features of the part `keep` (positions within the user's history) of a user's history."""
+        s = self.span(user)
+        return encode_history(
+            self.games[s][keep], self.minutes[s][keep], self.achievements[s][keep], genres, cfg
+        )

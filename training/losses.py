@@ -1,0 +1,60 @@
+"""The retrieval task's losses, separate from the towers.
+
+Both are softmax cross-entropy over cosine scores divided by a temperature:
+- `in_batch_softmax`: the other targets of the batch are the negatives. Popular games are
+  over-represented as negatives, so their logits are corrected by log Q (their sampling
+  probability), and a game that is the target of two rows is not a negative for either.
+- `full_softmax`: every catalog game is a negative, except the user's own other games.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+def in_batch_softmax(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    item_ids: torch.Tensor,
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy where row i's positive is column i.
+
+    `item_ids` are the catalog positions of the batch's targets; `log_q` (catalog-sized) is the
+    log probability of a game being drawn as a target, already scaled by its strength.
+    """
+    logits = user_emb @ item_emb.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[item_ids].unsqueeze(0)
+    same_item = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
+    accidental = same_item & ~torch.eye(len(item_ids), dtype=torch.bool)
+    logits = logits.masked_fill(accidental, NEG_INF)
+    return F.cross_entropy(logits, torch.arange(len(item_ids)))
+
+
+def full_softmax(
+    user_emb: torch.Tensor,
+    all_item_emb: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_cols: torch.Tensor,
+    temperature: float,
+    mask_rows: torch.Tensor | None = None,
+    mask_cols: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over the whole catalog with several targets per user.
+
+    Row `target_rows[j]` has target game `target_cols[j]`; each user's targets are averaged, then
+    the users, so every user weighs the same. `(mask_rows, mask_cols)` pairs (the user's input
+    games) are removed from the softmax: they are known positives, not negatives.
+    """
+    logits = user_emb @ all_item_emb.T / temperature
+    if mask_rows is not None and mask_cols is not None and len(mask_rows):
+        logits = logits.index_put((mask_rows, mask_cols), torch.tensor(NEG_INF))
+    log_probs = logits.log_softmax(dim=1)[target_rows, target_cols]
+    counts = torch.bincount(target_rows, minlength=len(user_emb))
+    per_user = torch.zeros(len(user_emb)).index_add(0, target_rows, log_probs) / counts.clamp(min=1)
+    return -per_user[counts > 0].mean()

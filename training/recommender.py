@@ -1,0 +1,56 @@
+"""Inference: request-shaped records -> user tower -> FAISS top-k. Serving calls exactly this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from index import search
+from training.features import EncodedUser, UserRecord, collate_users, encode_record
+from training.store import ModelArtifacts, load_model
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Top games for one user: catalog positions and cosine scores, best first."""
+
+    games: np.ndarray
+    scores: np.ndarray
+
+
+class Recommender:
+    """The served model: the user tower and the index of item embeddings."""
+
+    def __init__(self, artifacts: ModelArtifacts) -> None:
+        self.artifacts = artifacts
+        self.model = artifacts.model.eval()
+
+    @classmethod
+    def from_store(cls, tag: str = "gamerec:latest") -> Recommender:
+        return cls(load_model(tag))
+
+    def encode(self, records: list[UserRecord]) -> list[EncodedUser]:
+        features = self.artifacts.settings.features
+        return [encode_record(r, self.artifacts.vocab, features) for r in records]
+
+    @torch.inference_mode()
+    def embed(self, users: list[EncodedUser]) -> np.ndarray:
+        """User embeddings for a batch, in one pass of the user tower."""
+        return self.model.user_embed(collate_users(users)).numpy()
+
+    def top_k(
+        self, users: list[EncodedUser], k: int, exclude: list[set[int]] | None = None
+    ) -> list[Ranked]:
+        """One batched FAISS search; each user's played games (and `exclude`) never come back."""
+        if not users:
+            return []
+        played = [set(u.games.tolist()) for u in users]
+        if exclude is not None:
+            played = [p | e for p, e in zip(played, exclude, strict=True)]
+        scores, ids = search(self.artifacts.index, self.embed(users), k, exclude=played)
+        return [Ranked(games=i[i >= 0], scores=s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+
+    def recommend(self, records: list[UserRecord], k: int) -> list[Ranked]:
+        return self.top_k(self.encode(records), k)

@@ -1,0 +1,195 @@
+"""The `gamerec` model in the BentoML model store: one custom artifact with every part.
+
+Files in a model version:
+    towers.pt             both towers' state dict (read back with weights_only=True: no pickle)
+    item_embeddings.npy   L2-normalized item embeddings, catalog order
+    recall_queries.npy    validation users' embeddings, to measure a rebuilt index's recall
+    index.faiss           the FAISS index over them (ids = catalog positions)
+    catalog.parquet       the game catalog with training popularity
+    vocab.json            games, genres and tags vocabularies
+    training.yaml         the training config used
+    metrics.json          evaluation table, training summary, index report
+    evaluation.png        the evaluation chart
+A model is checked whole before it serves (`check_consistency`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from index import read_index, write_index
+from training.config import TrainingSettings
+from training.features import Vocabulary
+from training.towers import TwoTower
+
+TOWERS, EMBEDDINGS, INDEX, CATALOG = (
+    "towers.pt",
+    "item_embeddings.npy",
+    "index.faiss",
+    "catalog.parquet",
+)
+QUERIES = "recall_queries.npy"
+VOCAB, CONFIG, METRICS, CHART = "vocab.json", "training.yaml", "metrics.json", "evaluation.png"
+REQUIRED_FILES = (TOWERS, EMBEDDINGS, INDEX, CATALOG, VOCAB, CONFIG, METRICS, QUERIES)
+
+
+class ModelIntegrityError(ValueError):
+    """A stored model whose parts are missing or disagree; it must not serve."""
+
+
+@dataclass
+class ModelArtifacts:
+    """Everything one model version holds, in memory."""
+
+    model: TwoTower
+    vocab: Vocabulary
+    catalog: pd.DataFrame
+    item_embeddings: np.ndarray
+    index: faiss.Index
+    settings: TrainingSettings
+    metrics: dict[str, Any]
+    dataset: str
+    recall_queries: np.ndarray  # validation users' embeddings: recall of a rebuilt index
+    tag: str = "in-memory"
+    created: str = ""
+    chart_png: bytes = b""  # the evaluation chart, kept with the model
+
+
+def save_model(artifacts: ModelArtifacts) -> str:
+    """Save a new version of the model; the store only keeps it if every file was written."""
+    check_consistency(artifacts)
+    labels = {"dataset": artifacts.dataset, "index": artifacts.metrics["index"]["type"]}
+    metadata = {
+        "dataset": artifacts.dataset,
+        "n_games": len(artifacts.catalog),
+        "embedding_dim": int(artifacts.item_embeddings.shape[1]),
+        "index_type": artifacts.metrics["index"]["type"],
+        "index_recall_at_10": artifacts.metrics["index"]["recall_at_10"],
+        "evaluation": artifacts.metrics["evaluation"],
+    }
+    with bentoml.models.create(
+        artifacts.settings.model_name, labels=labels, metadata=metadata
+    ) as bm:
+        path = Path(bm.path)
+        torch.save(artifacts.model.state_dict(), path / TOWERS)
+        np.save(path / EMBEDDINGS, artifacts.item_embeddings, allow_pickle=False)
+        np.save(path / QUERIES, artifacts.recall_queries, allow_pickle=False)
+        write_index(artifacts.index, path / INDEX)
+        artifacts.catalog.to_parquet(path / CATALOG, index=False)
+        artifacts.vocab.save(path / VOCAB)
+        (path / CONFIG).write_text(
+            yaml.safe_dump(artifacts.settings.model_dump(mode="json")), encoding="utf-8"
+        )
+        (path / METRICS).write_text(json.dumps(artifacts.metrics, indent=2), encoding="utf-8")
+        if artifacts.chart_png:
+            (path / CHART).write_bytes(artifacts.chart_png)
+    return str(bm.tag)
+
+
+def get_model(tag: str = "gamerec:latest") -> bentoml.Model:
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound as err:
+        raise ModelIntegrityError(
+            f"model {tag!r} is not in the BentoML model store (BENTOML_HOME="
+            f"{os.environ.get('BENTOML_HOME', '~/bentoml')}); run `gamerec train` first"
+        ) from err
+
+
+def load_model(tag: str = "gamerec:latest") -> ModelArtifacts:
+    """Load and check a stored model; refuse it with a message naming the broken part."""
+    bm = get_model(tag)
+    return load_model_dir(
+        Path(bm.path),
+        tag=str(bm.tag),
+        created=bm.info.creation_time.isoformat(),
+        dataset=bm.info.labels.get("dataset", "unknown"),
+    )
+
+
+def load_model_dir(
+    path: Path, tag: str, created: str = "", dataset: str = "unknown"
+) -> ModelArtifacts:
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise ModelIntegrityError(f"model {tag}: missing {', '.join(missing)} in {path}")
+    settings = _read(
+        path / CONFIG,
+        tag,
+        lambda p: TrainingSettings.model_validate(yaml.safe_load(p.read_text(encoding="utf-8"))),
+    )
+    vocab = _read(path / VOCAB, tag, Vocabulary.load)
+    model = TwoTower(len(vocab.games), len(vocab.genres), len(vocab.tags), settings.model)
+    state = _read(
+        path / TOWERS, tag, lambda p: torch.load(p, weights_only=True, map_location="cpu")
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelIntegrityError(
+            f"model {tag}: {TOWERS} does not fit the config and vocabulary: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    model.eval()
+    artifacts = ModelArtifacts(
+        model=model,
+        vocab=vocab,
+        catalog=_read(path / CATALOG, tag, pd.read_parquet),
+        item_embeddings=_read(path / EMBEDDINGS, tag, _load_array),
+        recall_queries=_read(path / QUERIES, tag, _load_array),
+        index=_read(path / INDEX, tag, read_index),
+        settings=settings,
+        metrics=_read(path / METRICS, tag, lambda p: json.loads(p.read_text(encoding="utf-8"))),
+        dataset=dataset,
+        tag=tag,
+        created=created,
+        chart_png=(path / CHART).read_bytes() if (path / CHART).is_file() else b"",
+    )
+    check_consistency(artifacts)
+    return artifacts
+
+
+def _load_array(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def _read(path: Path, tag: str, reader):  # noqa: ANN001, ANN202 - a reader of any file kind
+    try:
+        return reader(path)
+    except Exception as err:  # noqa: BLE001 - every reader's failure means the same: a broken part
+        raise ModelIntegrityError(f"model {tag}: cannot read {path.name}: {err}") from err
+
+
+def check_consistency(a: ModelArtifacts) -> None:
+    """The parts must agree: dimensions, counts and vocabularies."""
+    n_games, dim = len(a.vocab.games), a.settings.model.embedding_dim
+    problems = []
+    if list(a.catalog["game_id"].astype(str)) != a.vocab.games:
+        problems.append(f"{CATALOG} game ids differ from the games vocabulary in {VOCAB}")
+    if a.item_embeddings.shape != (n_games, dim):
+        problems.append(
+            f"{EMBEDDINGS} has shape {a.item_embeddings.shape}, expected ({n_games}, {dim})"
+        )
+    if a.index.d != dim:
+        problems.append(f"{INDEX} has dimension {a.index.d}, the user tower outputs {dim}")
+    if a.index.ntotal != n_games:
+        problems.append(f"{INDEX} holds {a.index.ntotal} vectors for {n_games} catalog games")
+    if a.model.sizes != {
+        "n_games": n_games,
+        "n_genres": len(a.vocab.genres),
+        "n_tags": len(a.vocab.tags),
+    }:
+        problems.append(f"{TOWERS} sizes {a.model.sizes} differ from {VOCAB}")
+    if problems:
+        raise ModelIntegrityError(f"model {a.tag} refused: " + "; ".join(problems))
