@@ -151,3 +151,31 @@ def _validate(cls: type[_M], raw: dict, path: Path) -> _M:
 def load_training_config(path: Path | str | None = None) -> TrainingSettings:
     path = Path(path) if path else CONFIG_DIR / "training.yaml"
     return _validate(TrainingSettings, _load_yaml(path), path)
+
+
+class BatchingConfig(_Strict):
+    max_batch_size: int = Field(64, ge=1, description="users per call of the batched service")
+    max_latency_ms: int = Field(20, ge=1, description="longest a request waits to join a batch")
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger bodies get 413 unread")
+    max_history: int = Field(1000, ge=1, description="games in time_played or achievements")
+    max_top_k: int = Field(100, ge=1)
+    max_batch_requests: int = Field(100, ge=1, description="requests in one /recommend_batch")
+    max_id_length: int = Field(256, ge=1, description="characters in a user, game or genre id")
+    max_genres: int = Field(50, ge=0)
+
+
+class ServiceSettings(_Strict):
+    model_tag: str = "gamerec:latest"
+    workers: int = Field(1, ge=1, description="processes of the HTTP entry service")
+    torch_threads: int = Field(1, ge=1)
+    faiss_threads: int = Field(1, ge=1)
+    batching: BatchingConfig = BatchingConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+
+def load_service_config(path: Path | str | None = None) -> ServiceSettings:
+    path = Path(path) if path else CONFIG_DIR / "service.yaml"
+    return _validate(ServiceSettings, _load_yaml(path), path)

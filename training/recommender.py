@@ -54,3 +54,10 @@ class Recommender:
 
     def recommend(self, records: list[UserRecord], k: int) -> list[Ranked]:
         return self.top_k(self.encode(records), k)
+
+    def similar(self, game: int, k: int) -> Ranked:
+        """The games nearest to a game in the item-embedding space, itself excluded."""
+        query = self.artifacts.item_embeddings[game : game + 1]
+        scores, ids = search(self.artifacts.index, query, k, exclude=[{game}])
+        keep = ids[0] >= 0
+        return Ranked(games=ids[0][keep], scores=scores[0][keep])
