@@ -17,12 +17,13 @@ import faiss
 import torch
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from training.config import load_service_config
 from training.recommender import Ranked, Recommender
 from training.serving import (
+    BodyLimit,
     Catalog,
-    Game,
     RankedGames,
     RecommendRequest,
     RecommendResponse,
@@ -124,12 +125,13 @@ class GameRec:
         return (await self._recommend([RecommendRequest(**request)]))[0]
 
     @bentoml.api
-    async def recommend_batch(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+    async def recommend_batch(
+        self,
+        requests: Annotated[
+            list[RecommendRequest], Field(max_length=SETTINGS.limits.max_batch_requests)
+        ],
+    ) -> list[RecommendResponse]:
         """Several players in one call: `{"requests": [<recommend body>, ...]}`."""
-        if len(requests) > SETTINGS.limits.max_batch_requests:
-            raise bentoml.exceptions.InvalidArgument(
-                f"requests: at most {SETTINGS.limits.max_batch_requests} per call, got {len(requests)}"
-            )
         return await self._recommend(requests)
 
     @api.get("/similar")
@@ -180,4 +182,4 @@ class GameRec:
         }
 
 
-__all__ = ["Embedder", "GameRec", "Game"]
+GameRec.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.limits.max_body_bytes)

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from training.config import load_service_config
 from training.features import EncodedUser, UserRecord
@@ -212,3 +216,36 @@ def shape_response(
         unknown_games=list(user.unknown_games),
         unknown_genres=list(user.unknown_genres),
     )
+
+
+class PayloadTooLarge(BentoMLException):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over `max_bytes` get 413 before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            response = JSONResponse(
+                {"error": f"request body over the limit of {self.max_bytes} bytes "
+                          f"(Content-Length: {declared.decode('latin-1')[:40]})"},
+                status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:  # a chunked body has no Content-Length to check
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
