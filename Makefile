@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 GAMEREC := $(VENV)/bin/gamerec
 SHARED := ../shared/data
 
-.PHONY: install synth steam train index evaluate test test-fast lint quickstart clean-data
+.PHONY: install synth steam train index evaluate serve build test test-fast lint quickstart
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -28,8 +28,14 @@ index: install
 evaluate: install
 	$(GAMEREC) evaluate
 
-# The README's first command: install, synthetic data, train, save to the model store.
-quickstart: synth train
+serve: install
+	$(VENV)/bin/bentoml serve service:GameRec --port $(or $(PORT),3000)
+
+build: install
+	$(VENV)/bin/bentoml build
+
+# The README's first command: synthetic data, train, save to the model store, serve.
+quickstart: synth train serve
 
 test: install
 	$(PY) -m pytest -q
