@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 GAMEREC := $(VENV)/bin/gamerec
 SHARED := ../shared/data
 
-.PHONY: install synth steam train index evaluate serve build test test-fast lint quickstart
+.PHONY: install synth steam train index evaluate serve build dashboard test test-fast lint quickstart
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -31,11 +31,14 @@ evaluate: install
 serve: install
 	$(VENV)/bin/bentoml serve service:GameRec --port $(or $(PORT),3000)
 
+dashboard: install
+	$(VENV)/bin/streamlit run dashboard/app.py
+
 build: install
 	$(VENV)/bin/bentoml build
 
 # The README's first command: synthetic data, train, save to the model store, serve.
-quickstart: synth train serve
+quickstart: install synth train serve
 
 test: install
 	$(PY) -m pytest -q

@@ -19,6 +19,11 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from training.bentoml_patches import (
+    NO_RECYCLING,
+    freeze_startup_objects,
+    patch_timeout_middleware,
+)
 from training.config import load_service_config
 from training.recommender import Ranked, Recommender
 from training.serving import (
@@ -33,30 +38,43 @@ from training.serving import (
 from training.store import load_model_dir
 
 SETTINGS = load_service_config()
+patch_timeout_middleware()
 MODEL_TAG = os.environ.get("GAMEREC_MODEL_TAG", SETTINGS.model_tag)
 
 
-def _load(model: bentoml.Model) -> Recommender:
+def _load(service: bentoml.Service, reference: bentoml.models.BentoModel) -> Recommender:
+    """Load the model once per worker, with explicit thread counts."""
     torch.set_num_threads(SETTINGS.torch_threads)
     faiss.omp_set_num_threads(SETTINGS.faiss_threads)
-    return Recommender(
-        load_model_dir(
-            Path(model.path),
-            tag=str(model.tag),
-            created=model.info.creation_time.isoformat(),
-            dataset=model.info.labels.get("dataset", "unknown"),
-        )
-    )
+    model = bentoml.models.get(_pinned_tag(service, reference))
+    return Recommender(load_model_dir(Path(model.path), tag=str(model.tag),
+                                      created=model.info.creation_time.isoformat(),
+                                      dataset=model.info.labels.get("dataset", "unknown")))
 
 
-@bentoml.service(workers=1, traffic={"timeout": 30})
+def _pinned_tag(service: bentoml.Service, reference: bentoml.models.BentoModel) -> str:
+    """Inside a Bento, the exact model version it was built with; else the configured tag.
+
+    BentoML re-resolves `BentoModel("gamerec:latest")` against the local store when a Bento
+    serves outside a container, which could serve a newer model than the one built in.
+    """
+    bento = getattr(service, "bento", None)
+    if bento is not None:
+        for model in bento.info.all_models:
+            if model.tag.name == reference.tag.name:
+                return str(model.tag)
+    return str(reference.tag)
+
+
+@bentoml.service(workers=1, traffic={"timeout": 30}, runner_connection=NO_RECYCLING)
 class Embedder:
     """The runner: user tower and FAISS top-k, once per batch of users."""
 
     model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.recommender = _load(self.model)
+        self.recommender = _load(Embedder, type(self).model)
+        freeze_startup_objects()
 
     @bentoml.api(
         batchable=True,
@@ -85,9 +103,10 @@ class GameRec:
     embedder = bentoml.depends(Embedder)
 
     def __init__(self) -> None:
-        self.recommender = _load(self.model)
+        self.recommender = _load(GameRec, type(self).model)
         self.artifacts = self.recommender.artifacts
         self.catalog = Catalog(self.artifacts)
+        freeze_startup_objects()
 
     def __is_ready__(self) -> bool:
         return self.artifacts.index.ntotal == len(self.catalog.ids)

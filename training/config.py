@@ -155,7 +155,8 @@ def load_training_config(path: Path | str | None = None) -> TrainingSettings:
 
 class BatchingConfig(_Strict):
     max_batch_size: int = Field(64, ge=1, description="users per call of the batched service")
-    max_latency_ms: int = Field(20, ge=1, description="longest a request waits to join a batch")
+    max_latency_ms: int = Field(
+        1000, ge=1, description="BentoML answers 503 when it expects a batch to wait longer")
 
 
 class LimitsConfig(_Strict):

@@ -1,0 +1,61 @@
+"""Two fixes for BentoML 1.4.40, applied by `service.py` (each measured; see docs/serving.md).
+
+1. Connection recycling (BentoML issue 5540): the `bentoml.depends()` client closes its whole
+   connection pool every `max_requests` calls while other requests still use it, so they fail
+   with "Cannot write to closing transport". `NO_RECYCLING` switches recycling off for the
+   dependency (`runner_connection` is read by the caller's client); over the local unix socket
+   there is nothing to balance, so recycling buys nothing.
+2. Tail latency: `TimeoutMiddleware` schedules a timer per request and never cancels it, so
+   every request's objects live for `traffic.timeout` seconds; the heap grows and full garbage
+   collections stall a worker for 100-300 ms. `patch_timeout_middleware` cancels the timer, and
+   `freeze_startup_objects` moves the objects made at start-up out of the collector's way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from bentoml._internal.server.http import traffic
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+NO_RECYCLING = {"max_requests": 2**31 - 1, "max_age": 1e9}
+
+
+async def _timeout_middleware_call(self: traffic.TimeoutMiddleware, scope: Scope,
+                                   receive: Receive, send: Send) -> None:
+    """BentoML's own `TimeoutMiddleware.__call__`, with the timer cancelled once it has served."""
+    if scope["type"] not in ("http", "websocket"):
+        return await self.app(scope, receive, send)
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+    async def started(message: dict) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+        await send(message)
+
+    handler = asyncio.ensure_future(self.app(scope, receive, started))
+    try:
+        await waiter
+    except TimeoutError:
+        if handler.cancel():
+            message = f"Not able to process the request in {self.timeout} seconds"
+            await JSONResponse({"error": message}, status_code=504)(scope, receive, send)
+    else:
+        timer.cancel()
+        await handler
+    finally:
+        timer.cancel()
+
+
+def patch_timeout_middleware() -> None:
+    traffic.TimeoutMiddleware.__call__ = _timeout_middleware_call
+
+
+def freeze_startup_objects() -> None:
+    """Call at the end of a worker's `__init__`: start-up objects are never garbage."""
+    gc.collect()
+    gc.freeze()
