@@ -1,4 +1,4 @@
-"""Start `bentoml serve` as a real process for a test, and always stop it."""
+"""Start real server processes for tests (`bentoml serve`, `streamlit run`), always stopped."""
 
 from __future__ import annotations
 
@@ -26,6 +26,32 @@ def free_port() -> int:
 
 
 @contextmanager
+def running_process(
+    command: list[str], health_url: str, env: dict[str, str], log: Path, timeout: float = 180
+) -> Iterator[None]:
+    """Run `command` in its own process group until the block ends; wait for `health_url`."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(health_url, process, log, timeout)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
 def running_server(
     target: list[str], model_tag: str | None = None, timeout: float = 180
 ) -> Iterator[str]:
@@ -36,40 +62,24 @@ def running_server(
     if model_tag:
         env["GAMEREC_MODEL_TAG"] = model_tag
     log = Path(tempfile.mkdtemp(prefix="bentoml-serve-")) / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [BENTOML, "serve", *target, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [BENTOML, "serve", *target, "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, log, timeout)
+    with running_process(command, f"{url}/readyz", env, log, timeout):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
-def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}:\n{_tail(log)}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise RuntimeError(f"bentoml serve not ready after {timeout} s:\n{_tail(log)}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not healthy after {timeout} s:\n{_tail(log)}")
 
 
 def _tail(log: Path, lines: int = 40) -> str:

@@ -16,7 +16,7 @@ from training.features import (
 )
 from training.towers import TwoTower
 
-CFG = FeatureConfig()
+CFG = FeatureConfig(history_weight="log1p")
 GAMES = pd.DataFrame(
     {
         "game_id": ["g_0", "g_1", "g_2"],
