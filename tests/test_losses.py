@@ -45,11 +45,11 @@ def test_full_softmax_masks_the_users_inputs():
     assert math.isclose(masked.item(), _ce([1.0, 0.0], 0), rel_tol=1e-6)
 
 
-def test_full_softmax_averages_targets_per_user_then_users():
+def test_full_softmax_sums_targets_per_user_and_averages_users():
     items = torch.eye(3)
     users = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     # user 0 has targets 0 and 1, user 1 has target 2.
     loss = full_softmax(users, items, torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]), 1.0)
     row0, row1 = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
-    expected = ((_ce(row0, 0) + _ce(row0, 1)) / 2 + _ce(row1, 2)) / 2
+    expected = (_ce(row0, 0) + _ce(row0, 1) + _ce(row1, 2)) / 2
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)

@@ -30,8 +30,8 @@ def steam_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_config_beats_popularity_on_held_out_players(steam_data: Path):
-    defaults = load_training_config(PROJECT_ROOT / "configs" / "training.yaml").train
-    settings = quick_settings(steam_data, epochs=defaults.epochs, patience=defaults.patience)
+    train = load_training_config(PROJECT_ROOT / "configs" / "training.yaml").train
+    settings = quick_settings(steam_data, **train.model_dump())  # the default training run
     result = run(settings, progress=False, save=False)
     table = result.table
     assert table["two-tower"]["recall@10"] > 1.2 * table["popularity"]["recall@10"], table

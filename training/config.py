@@ -66,14 +66,14 @@ class LossConfig(_Strict):
 class TrainConfig(_Strict):
     seed: int = 42
     threads: int = Field(2, ge=1)
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(100, ge=1)
     batch_size: int = Field(512, ge=2)
-    learning_rate: float = Field(5e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     history_dropout: float = Field(
         0.5, gt=0, lt=1, description="share of a user's games hidden from the input as targets"
     )
-    patience: int = Field(8, ge=1, description="epochs without validation gain before stopping")
+    patience: int = Field(15, ge=1, description="epochs without validation gain before stopping")
 
 
 class EvalConfig(_Strict):

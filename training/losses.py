@@ -45,16 +45,15 @@ def full_softmax(
     mask_rows: torch.Tensor | None = None,
     mask_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy over the whole catalog with several targets per user.
+    """Multinomial log-likelihood of each user's hidden games over the whole catalog.
 
-    Row `target_rows[j]` has target game `target_cols[j]`; each user's targets are averaged, then
-    the users, so every user weighs the same. `(mask_rows, mask_cols)` pairs (the user's input
-    games) are removed from the softmax: they are known positives, not negatives.
+    Row `target_rows[j]` has target game `target_cols[j]`. As in Mult-VAE, a user's targets are
+    summed and the users averaged (so a player with more hidden games weighs more; measured
+    better than averaging per user, see docs/quality.md). `(mask_rows, mask_cols)` pairs (the
+    user's input games) are removed from the softmax: known positives, not negatives.
     """
     logits = user_emb @ all_item_emb.T / temperature
     if mask_rows is not None and mask_cols is not None and len(mask_rows):
         logits = logits.index_put((mask_rows, mask_cols), torch.tensor(NEG_INF))
     log_probs = logits.log_softmax(dim=1)[target_rows, target_cols]
-    counts = torch.bincount(target_rows, minlength=len(user_emb))
-    per_user = torch.zeros(len(user_emb)).index_add(0, target_rows, log_probs) / counts.clamp(min=1)
-    return -per_user[counts > 0].mean()
+    return -log_probs.sum() / len(user_emb)
