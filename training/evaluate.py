@@ -132,6 +132,19 @@ def popularity_scorer(train: sp.csr_matrix) -> Scorer:
     return score
 
 
+def item_knn_scorer(histories: Histories, train: sp.csr_matrix) -> Scorer:
+    """Item-kNN: cosine similarity of games' player vectors, summed over the user's inputs."""
+    gram = (train.T @ train).toarray().astype(np.float32)
+    norms = np.sqrt(np.diag(gram)) + 1e-9
+    similarity = gram / norms[:, None] / norms[None, :]
+    np.fill_diagonal(similarity, 0.0)
+
+    def score(eval_set: EvalSet, rows: slice) -> np.ndarray:
+        return np.asarray(input_matrix(histories, eval_set, rows, len(similarity)) @ similarity)
+
+    return score
+
+
 def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck, 2019): closed-form item-item weights with a zero diagonal."""
     gram = (train.T @ train).toarray().astype(np.float64)

@@ -1,0 +1,179 @@
+"""Recommendation quality on the real Steam data: two-tower against the baselines, over seeds.
+
+    python benchmarks/quality.py                      # 3 seeds, writes docs/quality.{md,png}
+    python benchmarks/quality.py --seeds 1 --no-doc   # a quick look
+
+Each seed draws a new split of held-out players and trains anew. Every method sees the same
+split: popularity, item-kNN (cosine), EASE (λ tuned on the validation players), ALS from the
+`implicit` package when it is installed, and the two-tower at the default config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import TrainingSettings, load_training_config  # noqa: E402
+from training.data.io import load_dataset, write_dataset  # noqa: E402
+from training.data.steam import import_steam200k  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    Split,
+    ease_scorer,
+    item_knn_scorer,
+    popularity_scorer,
+    ranking_metrics,
+    split_users,
+    train_matrix,
+    tune_ease,
+)
+from training.features import Histories, Vocabulary, catalog_items  # noqa: E402
+from training.report import chart_png  # noqa: E402
+from training.train import tower_scorer, train_two_tower  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+METRICS = ("recall@10", "ndcg@10", "recall@50")
+START, END = "<!-- quality-benchmark:start -->", "<!-- quality-benchmark:end -->"
+
+
+def timed(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    started = time.perf_counter()
+    row = fn()
+    return {**row, "seconds": time.perf_counter() - started}
+
+
+def one_seed(settings: TrainingSettings, histories: Histories, vocab: Vocabulary,
+             games, seed: int) -> dict[str, dict[str, float]]:  # noqa: ANN001 - a DataFrame
+    settings = settings.model_copy(update={
+        "split": settings.split.model_copy(update={"seed": seed}),
+        "train": settings.train.model_copy(update={"seed": seed}),
+    })
+    split: Split = split_users(histories, settings.split)
+    n_games, ks = len(vocab.games), settings.eval.ks
+    train = train_matrix(histories, split.train_users, n_games)
+
+    def metrics(scorer) -> dict[str, float]:  # noqa: ANN001
+        return ranking_metrics(scorer, histories, split.test, ks)
+
+    def ease() -> dict[str, float]:
+        lam, weights = tune_ease(histories, train, split.validation, settings.eval.ease_lambdas)
+        return {**metrics(ease_scorer(histories, weights)), "lambda": lam}
+
+    def two_tower() -> dict[str, float]:
+        trained = train_two_tower(histories, split, vocab, games, settings, progress=False)
+        items = catalog_items(games, vocab, settings.features)
+        return metrics(tower_scorer(trained.model, histories, split.test, items, settings))
+
+    table = {
+        "popularity": timed(lambda: metrics(popularity_scorer(train))),
+        "item-kNN": timed(lambda: metrics(item_knn_scorer(histories, train))),
+        "EASE": timed(ease),
+        "two-tower": timed(two_tower),
+    }
+    als = als_row(histories, split, train, metrics)
+    if als:
+        table["ALS (implicit)"] = als
+    return table
+
+
+def als_row(histories: Histories, split: Split, train, metrics) -> dict[str, float] | None:  # noqa: ANN001
+    """ALS from `implicit`, folding the test players in from their inputs (optional)."""
+    try:
+        from implicit.als import AlternatingLeastSquares
+    except ImportError:
+        return None
+    from training.evaluate import input_matrix
+
+    def run() -> dict[str, float]:
+        model = AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15,
+                                        random_state=0)
+        model.fit(train, show_progress=False)
+        items = np.asarray(model.item_factors)
+
+        def score(eval_set, rows: slice) -> np.ndarray:  # noqa: ANN001
+            inputs = input_matrix(histories, eval_set, rows, train.shape[1])
+            users = model.recalculate_user(np.arange(inputs.shape[0]), inputs)
+            return np.asarray(users) @ items.T
+
+        return metrics(score)
+
+    return timed(run)
+
+
+def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and standard deviation over seeds, per method and metric."""
+    return {method: {m: (float(np.mean([r[method][m] for r in runs])),
+                         float(np.std([r[method][m] for r in runs])))
+                     for m in (*METRICS, "seconds")}
+            for method in runs[0]}
+
+
+def markdown(summary: dict[str, dict[str, tuple[float, float]]], seeds: list[int]) -> str:
+    head = "| method | " + " | ".join(METRICS) + " | fit + eval s |"
+    lines = [f"Mean ± standard deviation over seeds {seeds} (split and training seed).", "",
+             head, "| --- |" + " ---: |" * (len(METRICS) + 1)]
+    for method, row in summary.items():
+        cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds'][0]:.0f} |")
+    ease, tower = summary["EASE"], summary["two-tower"]
+    ratios = ", ".join(f"{m} {tower[m][0] / ease[m][0] - 1:+.1%}" for m in METRICS)
+    lines += ["", f"Two-tower against EASE (relative, means): {ratios}."]
+    return "\n".join(lines)
+
+
+def write_doc(table_md: str, summary: dict, out: Path) -> None:
+    doc = out / "quality.md"
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Recommendation quality\n"
+    block = f"{START}\n{table_md}\n\n![quality](quality.png)\n{END}"
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text,
+                      flags=re.S)
+    else:
+        text = text.replace("\n", f"\n\n## Benchmark (benchmarks/quality.py)\n\n{block}\n", 1)
+    doc.write_text(text, encoding="utf-8")
+    means = {method: {m: row[m][0] for m in METRICS} for method, row in summary.items()}
+    (out / "quality.png").write_bytes(chart_png(means, "Steam 200k, held-out players (mean)"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plays", type=Path, default=SHARED / "steam-200k-play.csv")
+    parser.add_argument("--games", type=Path, default=SHARED / "steam-games.parquet")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "training.yaml")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--no-doc", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    settings = load_training_config(args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        interactions, games, report = import_steam200k(args.plays, args.games)
+        write_dataset(interactions, games, Path(tmp), name="steam200k", report=report)
+        dataset = load_dataset(Path(tmp))
+    vocab = Vocabulary.from_catalog(dataset.games)
+    histories = Histories.from_interactions(dataset.interactions, vocab)
+    seeds = [settings.split.seed + i for i in range(args.seeds)]
+    runs = []
+    for seed in seeds:
+        runs.append(one_seed(settings, histories, vocab, dataset.games, seed))
+        print(f"seed {seed}: " + ", ".join(
+            f"{m} R@10 {row['recall@10']:.4f}" for m, row in runs[-1].items()), flush=True)
+    summary = summarize(runs)
+    table_md = markdown(summary, seeds)
+    print(table_md)
+    if not args.no_doc:
+        write_doc(table_md, summary, args.out)
+        print(f"wrote {args.out / 'quality.md'} and {args.out / 'quality.png'}")
+
+
+if __name__ == "__main__":
+    main()
