@@ -239,35 +239,23 @@ class TestHTTP:
         assert server.post("/recommend", json=EXAMPLE).status_code == 200
 
 
+def _bentoml(*args: str, env: dict[str, str], timeout: float = 120) -> str:
+    """Run a `bentoml` command from the project root; its stdout, or the test fails."""
+    done = subprocess.run(
+        [BENTOML, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
 @pytest.mark.slow
 def test_bentoml_build_makes_a_bento_that_serves(trained, tmp_path):
     env = {**os.environ, "GAMEREC_MODEL_TAG": trained.tag, "BENTOML_DO_NOT_TRACK": "true"}
-    built = subprocess.run(
-        [BENTOML, "build", "--output", "tag"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    bento_tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    bento = subprocess.run(
-        [BENTOML, "get", bento_tag, "-o", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert trained.tag in bento.stdout  # the Bento pins the exact model version
-    dockerfile = subprocess.run(
-        [BENTOML, "get", bento_tag, "-o", "path"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout.strip()
-    assert (Path(dockerfile) / "env" / "docker" / "Dockerfile").is_file()
+    built = _bentoml("build", "--output", "tag", env=env, timeout=600)
+    bento_tag = built.splitlines()[-1].removeprefix("__tag__:")
+    assert trained.tag in _bentoml("get", bento_tag, "-o", "json", env=env)  # pins the model
+    bento_path = Path(_bentoml("get", bento_tag, "-o", "path", env=env))
+    assert (bento_path / "env" / "docker" / "Dockerfile").is_file()
 
     with running_server([bento_tag]) as url:  # no model tag given: the Bento's own model serves
         response = httpx.post(f"{url}/recommend", json=EXAMPLE, timeout=30)

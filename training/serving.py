@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated
@@ -13,7 +12,7 @@ from typing import Annotated
 import numpy as np
 import pandas as pd
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,14 +61,6 @@ class RecommendRequest(BaseModel):
         max_length=LIMITS.max_history,
         description="never recommend these game ids",
     )
-
-    @field_validator("time_played")
-    @classmethod
-    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
-        for game, minutes in value.items():  # strict floats already refuse NaN; belt and braces
-            if not math.isfinite(minutes):
-                raise ValueError(f"minutes for {game!r} must be finite")
-        return value
 
     def record(self) -> UserRecord:
         return UserRecord(
@@ -234,9 +225,12 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_bytes:
             response = JSONResponse(
-                {"error": f"request body over the limit of {self.max_bytes} bytes "
-                          f"(Content-Length: {declared.decode('latin-1')[:40]})"},
-                status_code=413)
+                {
+                    "error": f"request body over the limit of {self.max_bytes} bytes "
+                    f"(Content-Length: {declared.decode('latin-1')[:40]})"
+                },
+                status_code=413,
+            )
             return await response(scope, receive, send)
         received = 0
 
