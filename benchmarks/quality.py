@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import TrainingSettings, load_training_config  # noqa: E402
-from training.data.io import load_dataset, write_dataset  # noqa: E402
+from training.data.io import Dataset, load_dataset, write_dataset  # noqa: E402
 from training.data.steam import import_steam200k  # noqa: E402
 from training.evaluate import (  # noqa: E402
     Split,
@@ -43,6 +43,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 METRICS = ("recall@10", "ndcg@10", "recall@50")
 START, END = "<!-- quality-benchmark:start -->", "<!-- quality-benchmark:end -->"
+
+
+def load_steam(plays: Path, games: Path) -> tuple[Dataset, Vocabulary, Histories]:
+    """The Steam data through the project's own importer and schema, as training reads it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        interactions, catalog, report = import_steam200k(plays, games)
+        write_dataset(interactions, catalog, Path(tmp), name="steam200k", report=report)
+        dataset = load_dataset(Path(tmp))
+    vocab = Vocabulary.from_catalog(dataset.games)
+    return dataset, vocab, Histories.from_interactions(dataset.interactions, vocab)
 
 
 def timed(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
@@ -155,12 +165,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_training_config(args.config)
-    with tempfile.TemporaryDirectory() as tmp:
-        interactions, games, report = import_steam200k(args.plays, args.games)
-        write_dataset(interactions, games, Path(tmp), name="steam200k", report=report)
-        dataset = load_dataset(Path(tmp))
-    vocab = Vocabulary.from_catalog(dataset.games)
-    histories = Histories.from_interactions(dataset.interactions, vocab)
+    dataset, vocab, histories = load_steam(args.plays, args.games)
     seeds = [settings.split.seed + i for i in range(args.seeds)]
     runs = []
     for seed in seeds:

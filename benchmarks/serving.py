@@ -1,14 +1,18 @@
-"""Load test of the HTTP service: `wrk` against `bentoml serve service:GameRec` on localhost.
+"""Load test of the HTTP service against its peer, side by side: `wrk` against
+`bentoml serve service:GameRec` and against the FastAPI design it replaced
+(`benchmarks/peer_fastapi.py`, per-request inference), both loading the same stored model.
 
-It builds realistic `POST /recommend` bodies from the model's catalog, starts the service on a free
-port, waits for /readyz, warms up, then runs wrk at 1, 8, 32 and 64 concurrent clients for a
-fixed time each, prints a table and writes it to docs/serving.md. The server is always stopped.
+For each catalog it builds realistic `POST /recommend` bodies from the model's catalog, starts
+one server at a time on a free port, waits for /readyz, warms up, runs wrk at 1, 8, 32 and 64
+concurrent clients for a fixed time each, and stops it; then prints rps, p50, p99 and errors
+side by side with the ratio ours/peer, and writes the tables to docs/performance.md. A soak
+run (64 clients, minutes) reports errors and the growth of the service's resident memory.
 
-    python benchmarks/serving.py                               # gamerec:latest, 30 s per level
-    python benchmarks/serving.py --duration 10                 # quick run
-    python benchmarks/serving.py --train-default --duration 15 # train on synthetic data first
+    python benchmarks/serving.py --catalog default --catalog 100k   # train both, 30 s per level
+    python benchmarks/serving.py --model gamerec:latest --duration 10   # an existing model
+    python benchmarks/serving.py --catalog default --soak 300 --clients 64
 
-Needs wrk (`apt-get install -y wrk`). wrk and the server share this machine's cores.
+Needs wrk (`apt-get install -y wrk`). wrk and the servers share this machine's cores.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,10 +46,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "benchmarks" / "serving_wrk.lua"
-DOC = ROOT / "docs" / "serving.md"
+DOC = ROOT / "docs" / "performance.md"
 GAMEREC = Path(sys.executable).parent / "gamerec"
 BENTOML = Path(sys.executable).parent / "bentoml"
+UVICORN = Path(sys.executable).parent / "uvicorn"
 CLIENTS = (1, 8, 32, 64)
+# Synthetic catalogs to train on: name -> (users, games, training overrides).
+CATALOGS = {
+    "default": (20_000, 5_000, {}),
+    # Steam-store scale: the sampled-softmax regime; a few epochs, the benchmark is about serving.
+    "100k": (50_000, 100_000, {"train": {"epochs": 3, "patience": 3}}),
+}
 START_MARK, END_MARK = "<!-- serving-benchmark:start -->", "<!-- serving-benchmark:end -->"
 # Server log exceptions counted per level: short name -> the exception line's text.
 LOG_EXCEPTIONS = {
@@ -76,75 +88,97 @@ class Level:
         return self.requests / self.seconds if self.seconds else 0.0
 
     @property
-    def ok_rps(self) -> float:
-        """Responses per second that were 2xx."""
-        return (self.requests - self.non2xx) / self.seconds if self.seconds else 0.0
-
-    @property
     def errors(self) -> int:
         return self.non2xx + self.socket_errors + self.timeouts
 
 
+@dataclass
+class Target:
+    """A server to measure: its command line and where its log goes."""
+
+    name: str
+    command: list[str]
+    log: Path
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gamerec:latest", help="model tag in the store")
+    parser.add_argument(
+        "--catalog",
+        action="append",
+        choices=sorted(CATALOGS),
+        help="train a model on this synthetic catalog in a temp store (repeatable)",
+    )
+    parser.add_argument("--model", help="measure this stored model instead of training")
     parser.add_argument(
         "--bentoml-home",
         type=Path,
         default=os.environ.get("BENTOML_HOME"),
-        help="model store (default: $BENTOML_HOME, else ~/bentoml)",
+        help="store of --model (default: $BENTOML_HOME, else ~/bentoml)",
     )
-    parser.add_argument(
-        "--train-default",
-        action="store_true",
-        help="first train on the default synthetic data, in a fresh store in a temp dir",
-    )
-    parser.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep the temp dir: bodies, server log and (with --train-default) the store",
-    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, stores)")
     parser.add_argument("--duration", type=int, default=30, help="seconds per concurrency level")
     parser.add_argument(
         "--clients", type=int, nargs="+", default=list(CLIENTS), help="concurrency levels"
+    )
+    parser.add_argument(
+        "--peer-workers",
+        type=int,
+        help="uvicorn workers of the peer (default: as many processes as the service runs)",
+    )
+    parser.add_argument("--no-peer", action="store_true", help="measure the service alone")
+    parser.add_argument(
+        "--soak", type=int, default=0, help="then N seconds at the highest level: errors, memory"
     )
     parser.add_argument("--bodies", type=int, default=500, help="distinct request bodies")
     parser.add_argument("--seed", type=int, default=0, help="seed of the request bodies")
     parser.add_argument("--timeout", type=int, default=10, help="wrk request timeout, seconds")
     parser.add_argument(
-        "--ready-timeout", type=int, default=300, help="seconds to wait for /readyz"
+        "--ready-timeout", type=int, default=600, help="seconds to wait for /readyz"
     )
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to write")
-    parser.add_argument("--no-doc", action="store_true", help="print the table only")
-    return parser.parse_args()
+    parser.add_argument("--no-doc", action="store_true", help="print the tables only")
+    args = parser.parse_args()
+    if not args.catalog and not args.model:
+        args.catalog = ["default"]
+    return args
 
 
 # --- the model --------------------------------------------------------------------------------
 
 
-def train_default(workdir: Path, env: dict[str, str]) -> None:
+def train_catalog(name: str, workdir: Path, env: dict[str, str]) -> None:
     """`gamerec data synth` and `gamerec train` into the store env["BENTOML_HOME"]."""
+    users, games, overrides = CATALOGS[name]
     data_dir = workdir / "data"
     config = yaml.safe_load((ROOT / "configs" / "training.yaml").read_text())
     config["data"]["processed_dir"] = str(data_dir)
+    for section, values in overrides.items():
+        config[section].update(values)
     config_path = workdir / "training.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     for command in (
-        [str(GAMEREC), "data", "synth", "--out", str(data_dir)],
+        [str(GAMEREC), "data", "synth", "--users", str(users), "--games", str(games),
+         "--out", str(data_dir)],
         [str(GAMEREC), "train", "--config", str(config_path), "--quiet"],
-    ):
+    ):  # fmt: skip
         print("$", " ".join(command), flush=True)
-        subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=3600)
+        subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=7200)
 
 
-def load_catalog(tag: str) -> tuple[str, pd.DataFrame]:
-    """The concrete model tag and its catalog. BENTOML_HOME must be set before this runs."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from training.store import load_model
-
-    artifacts = load_model(tag)
-    return artifacts.tag, artifacts.catalog
+def load_catalog(tag: str, bentoml_home: str) -> tuple[str, pd.DataFrame]:
+    """The concrete model tag and its catalog, read in a subprocess (the store varies)."""
+    code = (
+        "import sys; from training.store import load_model; "
+        "a = load_model(sys.argv[1]); print(a.tag); a.catalog.to_parquet(sys.argv[2])"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "catalog.parquet"
+        done = subprocess.run(
+            [sys.executable, "-c", code, tag, str(out)], cwd=ROOT, check=True, text=True,
+            capture_output=True, env={**os.environ, "BENTOML_HOME": bentoml_home},
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1], pd.read_parquet(out)
 
 
 # --- request bodies ---------------------------------------------------------------------------
@@ -203,7 +237,7 @@ def write_bodies(bodies: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-# --- the server -------------------------------------------------------------------------------
+# --- the servers ------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -226,28 +260,40 @@ def log_tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def targets(port: int, workdir: Path, peer_workers: int, with_peer: bool) -> list[Target]:
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    ours = Target("GameRec (BentoML)", [str(BENTOML), "serve", "service:GameRec", *host],
+                  workdir / "gamerec.log")  # fmt: skip
+    peer = Target(
+        f"FastAPI peer ({peer_workers} workers)",
+        [str(UVICORN), "benchmarks.peer_fastapi:app", *host, "--workers", str(peer_workers),
+         "--no-access-log", "--log-level", "warning"],
+        workdir / "peer.log",
+    )  # fmt: skip
+    return [ours, peer] if with_peer else [ours]
+
+
 @contextlib.contextmanager
-def serve(port: int, env: dict[str, str], log: Path, ready_timeout: int) -> Iterator[str]:
-    """`bentoml serve service:GameRec` on localhost; yields its URL; stops its process group."""
-    command = [str(BENTOML), "serve", "service:GameRec", "--host", "127.0.0.1", "--port", str(port)]
-    print("$", " ".join(command), flush=True)
-    with log.open("wb") as out:
+def serve(target: Target, url: str, env: dict[str, str], ready_timeout: int) -> Iterator[int]:
+    """Run the target until the block ends; yields its process id once /readyz answers 200."""
+    print("$", " ".join(target.command), flush=True)
+    with target.log.open("wb") as out:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
+            target.command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the server exited ({process.returncode}):\n{log_tail(log)}")
+                raise RuntimeError(f"exited ({process.returncode}):\n{log_tail(target.log)}")
             with contextlib.suppress(OSError):
                 if http(f"{url}/readyz", timeout=2)[0] == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {ready_timeout} s:\n{log_tail(log)}")
+                raise RuntimeError(f"not ready after {ready_timeout} s:\n{log_tail(target.log)}")
             time.sleep(1)
-        yield url
+        yield process.pid
     finally:
         stop(process)
 
@@ -263,9 +309,29 @@ def stop(process: subprocess.Popen) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):  # workers left behind by a crashed arbiter
+    with contextlib.suppress(ProcessLookupError):  # workers left behind by a crashed parent
         os.killpg(process.pid, signal.SIGKILL)
-    print(f"server stopped (exit code {process.returncode})", flush=True)
+
+
+def tree_rss_mib(root: int) -> float:
+    """Resident memory of a process and all its descendants (BentoML workers get their own
+    session, so the process group would miss them)."""
+    parents, rss_kib = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError, StopIteration):
+            status = (entry / "status").read_text().splitlines()
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+            pid = int(entry.name)
+            parents[pid] = int(fields["PPid"])
+            rss_kib[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier and p not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(rss_kib.get(p, 0) for p in tree) / 1024
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -316,6 +382,38 @@ def warm_up(url: str, bodies: list[dict], bodies_lua: Path, log: Path) -> None:
     run_wrk(url, bodies_lua, clients=8, duration=5, timeout=10, log=log)
 
 
+@dataclass
+class Soak:
+    level: Level
+    rss_mib: list[tuple[float, float]]  # (seconds into the soak, MiB)
+
+    @property
+    def growth(self) -> float:
+        """Resident memory at the end over the first sample, minus one."""
+        return self.rss_mib[-1][1] / self.rss_mib[0][1] - 1
+
+
+def soak(url: str, pid: int, bodies: Path, clients: int, seconds: int, args, log: Path) -> Soak:  # noqa: ANN001
+    """wrk for `seconds` while the server's resident memory is sampled every 5 s."""
+    samples: list[tuple[float, float]] = []
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        started = time.monotonic()
+        while not stop_sampling.wait(0 if not samples else 5):
+            samples.append((time.monotonic() - started, tree_rss_mib(pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        level = run_wrk(url, bodies, clients, seconds, args.timeout, log)
+    finally:
+        stop_sampling.set()
+        sampler.join()
+    samples.append((float(seconds), tree_rss_mib(pid)))
+    return Soak(level, samples)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -352,93 +450,95 @@ def service_settings() -> str:
     settings = yaml.safe_load((ROOT / "configs" / "service.yaml").read_text())
     batching = settings.get("batching", {})
     return (
-        f"workers {settings.get('workers')}, torch_threads {settings.get('torch_threads')}, "
-        f"faiss_threads {settings.get('faiss_threads')}, batching max_batch_size "
-        f"{batching.get('max_batch_size')} / max_latency_ms {batching.get('max_latency_ms')}"
+        f"workers {settings.get('workers')} (+1 Embedder), torch_threads "
+        f"{settings.get('torch_threads')}, faiss_threads {settings.get('faiss_threads')}, "
+        f"batching max_batch_size {batching.get('max_batch_size')} / max_latency_ms "
+        f"{batching.get('max_latency_ms')}"
     )
 
 
-def table(levels: list[Level]) -> str:
-    rows = [
-        "| clients | wrk threads | requests | rps | 2xx rps | p50 ms | p99 ms | errors |",
-        "|--------:|------------:|---------:|----:|--------:|-------:|-------:|-------:|",
-    ]
-    for lv in levels:
-        rows.append(
-            f"| {lv.clients} | {lv.threads} | {lv.requests} | {lv.rps:.1f} | {lv.ok_rps:.1f} "
-            f"| {lv.p50_ms:.1f} | {lv.p99_ms:.1f} | {lv.errors} |"
-        )
+def side_by_side(results: dict[str, list[Level]]) -> str:
+    """One row per concurrency level: each target's numbers, and ours/peer where there is one."""
+    names = list(results)
+    head = ["clients"]
+    for name in names:
+        head += [f"{name} rps", "p50 ms", "p99 ms", "errors"]
+    if len(names) == 2:
+        head += ["rps ratio ours/peer"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for i, level in enumerate(results[names[0]]):
+        cells = [str(level.clients)]
+        for name in names:
+            lv = results[name][i]
+            cells += [f"{lv.rps:.0f}", f"{lv.p50_ms:.1f}", f"{lv.p99_ms:.1f}", str(lv.errors)]
+        if len(names) == 2:
+            cells.append(f"{level.rps / max(results[names[1]][i].rps, 1e-9):.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def error_notes(levels: list[Level]) -> list[str]:
+def error_notes(results: dict[str, list[Level]]) -> list[str]:
     notes = []
-    for lv in levels:
-        if lv.errors or any(lv.server_log.values()):
-            logged = ", ".join(f"{name} {count}" for name, count in lv.server_log.items())
-            notes.append(
-                f"- {lv.clients} clients: non-2xx {lv.non2xx} (by status: {lv.statuses}), "
-                f"socket errors {lv.socket_errors}, timeouts {lv.timeouts}; "
-                f"server log exceptions: {logged}"
-                + (f"; first error body: `{lv.sample_error[:200]}`" if lv.sample_error else "")
-            )
+    for name, levels in results.items():
+        for lv in levels:
+            if lv.errors or any(lv.server_log.values()):
+                logged = ", ".join(f"{k} {v}" for k, v in lv.server_log.items())
+                notes.append(
+                    f"- {name}, {lv.clients} clients: non-2xx {lv.non2xx} ({lv.statuses}), "
+                    f"socket errors {lv.socket_errors}, timeouts {lv.timeouts}; server log: "
+                    f"{logged}"
+                    + (f"; first error: `{lv.sample_error[:200]}`" if lv.sample_error else "")
+                )
     return notes
 
 
-def report(
-    levels: list[Level], info: dict[str, str], tag: str, catalog_size: int, args: argparse.Namespace
+def catalog_section(
+    catalog: str, tag: str, size: int, results: dict[str, list[Level]], soaked: Soak | None
 ) -> str:
-    lines = [
-        f"Measured {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by "
-        f"`python benchmarks/serving.py {shlex.join(sys.argv[1:])}`.",
-        "",
-        f"- model: `{tag}`, catalog of {catalog_size} games",
-        f"- service settings (configs/service.yaml): {service_settings()}",
-        f"- load: wrk, {args.duration} s per level, {args.bodies} distinct bodies round-robin, "
-        f"request timeout {args.timeout} s",
-        *(f"- {key}: {value}" for key, value in info.items()),
-        "",
-        table(levels),
-        "",
-        "rps counts every response, 2xx rps only the successful ones; p50 and p99 are over every "
-        "response, errors included. errors = non-2xx responses + socket errors (connect, read, "
-        "write) + wrk timeouts.",
-    ]
-    notes = error_notes(levels)
+    lines = [f"### Catalog: {catalog} ({size:,} games, model `{tag}`, exact index)", "",
+             side_by_side(results)]  # fmt: skip
+    notes = error_notes(results)
     if notes:
         lines += ["", "Errors seen:", "", *notes]
+    if soaked is not None:
+        lv = soaked.level
+        rss = soaked.rss_mib
+        lines += [
+            "",
+            f"Soak, GameRec: {lv.clients} clients for {lv.seconds:.0f} s: {lv.requests} requests, "
+            f"{lv.rps:.0f} rps, p50 {lv.p50_ms:.1f} ms, p99 {lv.p99_ms:.1f} ms, errors "
+            f"{lv.errors}; resident memory of the service (all processes) {rss[0][1]:.0f} MiB "
+            f"at the start, {max(r for _, r in rss):.0f} MiB at most, {rss[-1][1]:.0f} MiB at "
+            f"the end ({soaked.growth:+.1%}).",
+        ]
     return "\n".join(lines)
 
 
-DOC_HEADER = """# Serving benchmark
-
-`benchmarks/serving.py` serves the model with `bentoml serve service:GameRec` on localhost and
-drives `POST /recommend` with [wrk](https://github.com/wg/wrk) at 1, 8, 32 and 64 concurrent
-clients (closed loop: each client sends its next request when the last one is answered). The
-bodies are players with 1-50 games drawn from the model's catalog by popularity, log-normal play
-minutes (median 2 h), achievements for about half the games that have them, 0-3 preferred
-genres and `top_k` 10.
-
-    python benchmarks/serving.py --duration 30
-    python benchmarks/serving.py --train-default --duration 15   # fresh model, synthetic data
-
-wrk runs on the same machine as the server and takes CPU from it, so on a small machine these
-numbers are a lower bound of what the service does with the load generator elsewhere.
-
-The section below is rewritten by each run.
-
-"""
+def report(sections: list[str], info: dict[str, str], args: argparse.Namespace, peer: int) -> str:
+    return "\n".join([
+        f"Measured {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by "
+        f"`python benchmarks/serving.py {shlex.join(sys.argv[1:])}`.",
+        "",
+        f"- service settings (configs/service.yaml): {service_settings()}",
+        f"- peer: `benchmarks/peer_fastapi.py` under uvicorn, {peer} worker processes",
+        f"- load: wrk, {args.duration} s per level, {args.bodies} distinct bodies round-robin "
+        f"(1-50 games each), request timeout {args.timeout} s",
+        *(f"- {key}: {value}" for key, value in info.items()),
+        "",
+        *("\n\n".join(sections).splitlines()),
+        "",
+        "rps counts every response; p50 and p99 are over every response; errors = non-2xx "
+        "responses + socket errors (connect, read, write) + wrk timeouts.",
+    ])  # fmt: skip
 
 
 def write_doc(path: Path, section: str) -> None:
-    """Replace the marked section of the doc, or create the doc."""
+    """Replace the marked section of the doc, or append it."""
     block = f"{START_MARK}\n{section}\n{END_MARK}"
-    text = path.read_text() if path.exists() else DOC_HEADER + "## Latest run\n\n" + START_MARK
+    text = path.read_text() if path.exists() else "# Serving performance\n"
     if START_MARK in text and END_MARK in text:
         before, rest = text.split(START_MARK, 1)
         text = before + block + rest.split(END_MARK, 1)[1]
-    elif START_MARK in text:
-        text = text.replace(START_MARK, block)
     else:
         text = text.rstrip() + "\n\n## Latest run\n\n" + block
     path.write_text(text.rstrip() + "\n")
@@ -447,58 +547,65 @@ def write_doc(path: Path, section: str) -> None:
 # --- main -------------------------------------------------------------------------------------
 
 
+def measure(
+    catalog: str, tag: str, env: dict[str, str], workdir: Path, args: argparse.Namespace, peer: int
+) -> str:
+    """Both servers over the same bodies, one after the other; the section of the report."""
+    tag, games = load_catalog(tag, env["BENTOML_HOME"])
+    env = {**env, "GAMEREC_MODEL_TAG": tag}
+    bodies = make_bodies(games, args.bodies, args.seed)
+    bodies_lua = workdir / "bodies.lua"
+    write_bodies(bodies, bodies_lua)
+    print(f"{catalog}: model {tag}, {len(games)} games, {len(bodies)} bodies", flush=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    results: dict[str, list[Level]] = {}
+    soaked = None
+    for target in targets(port, workdir, peer, not args.no_peer):
+        with serve(target, url, env, args.ready_timeout) as pid:
+            warm_up(url, bodies, bodies_lua, target.log)
+            results[target.name] = []
+            for clients in args.clients:
+                time.sleep(2)  # let the last run's requests and log lines drain
+                lv = run_wrk(url, bodies_lua, clients, args.duration, args.timeout, target.log)
+                results[target.name].append(lv)
+                print(f"  {target.name}, {clients:>3} clients: {lv.rps:8.1f} rps, p50 "
+                      f"{lv.p50_ms:7.1f} ms, p99 {lv.p99_ms:7.1f} ms, errors {lv.errors}",
+                      flush=True)  # fmt: skip
+            if args.soak and target.name.startswith("GameRec"):
+                clients = max(args.clients)
+                print(f"  soak: {clients} clients for {args.soak} s", flush=True)
+                soaked = soak(url, pid, bodies_lua, clients, args.soak, args, target.log)
+    return catalog_section(catalog, tag, len(games), results, soaked)
+
+
 def main() -> int:
     args = parse_args()
     if shutil.which("wrk") is None:
-        print(
-            "error: wrk is not installed; install it with "
-            "`apt-get update && apt-get install -y wrk`",
-            file=sys.stderr,
-        )
+        print("error: wrk is not installed: `apt-get install -y wrk`", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     started, load_before = time.monotonic(), os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="gamerec-serving-"))
-    env = dict(os.environ)
-    if args.train_default:
-        env["BENTOML_HOME"] = str(workdir / "bentoml")
-    elif args.bentoml_home:
-        env["BENTOML_HOME"] = str(Path(args.bentoml_home).expanduser().resolve())
+    settings = yaml.safe_load((ROOT / "configs" / "service.yaml").read_text())
+    peer = args.peer_workers or settings["workers"] + 1  # entry workers + the Embedder's one
     finished = False
     try:
-        if args.train_default:
-            train_default(workdir, env)
-        if "BENTOML_HOME" in env:
-            os.environ["BENTOML_HOME"] = env["BENTOML_HOME"]  # before bentoml is imported
-        tag, catalog = load_catalog(args.model)
-        env["GAMEREC_MODEL_TAG"] = tag
-        print(f"model {tag} (store {env.get('BENTOML_HOME', '~/bentoml')}), "
-              f"{len(catalog)} games", flush=True)  # fmt: skip
-
-        bodies = make_bodies(catalog, args.bodies, args.seed)
-        bodies_lua = workdir / "bodies.lua"
-        write_bodies(bodies, bodies_lua)
-        sizes = [len(b["time_played"]) for b in bodies]
-        print(f"{len(bodies)} bodies, {min(sizes)}-{max(sizes)} games each -> {bodies_lua}")
-
-        log = workdir / "server.log"
-        levels = []
-        serve_started = time.monotonic()
-        with serve(free_port(), env, log, args.ready_timeout) as url:
-            startup = time.monotonic() - serve_started
-            print(f"ready at {url} after {startup:.0f} s; warming up", flush=True)
-            warm_up(url, bodies, bodies_lua, log)
-            for clients in args.clients:
-                time.sleep(2)  # let the last run's requests and log lines drain
-                level = run_wrk(url, bodies_lua, clients, args.duration, args.timeout, log)
-                levels.append(level)
-                print(
-                    f"{clients:>3} clients: {level.rps:8.1f} rps, p50 {level.p50_ms:7.1f} ms, "
-                    f"p99 {level.p99_ms:7.1f} ms, errors {level.errors}",
-                    flush=True,
-                )
-
-        section = report(levels, machine_info(load_before), tag, len(catalog), args)
+        sections = []
+        runs = [(c, "gamerec:latest") for c in args.catalog or []]
+        if args.model:
+            runs.append(("stored", args.model))
+        for catalog, tag in runs:
+            env = dict(os.environ)
+            if catalog == "stored":
+                home = args.bentoml_home or Path.home() / "bentoml"
+                env["BENTOML_HOME"] = str(Path(home).expanduser().resolve())
+            else:
+                env["BENTOML_HOME"] = str(workdir / catalog / "bentoml")
+                (workdir / catalog).mkdir(parents=True, exist_ok=True)
+                train_catalog(catalog, workdir / catalog, env)
+            sections.append(measure(catalog, tag, env, workdir, args, peer))
+        section = report(sections, machine_info(load_before), args, peer)
         print("\n" + section + "\n")
         if not args.no_doc:
             write_doc(args.doc, section)
@@ -508,7 +615,7 @@ def main() -> int:
         return 0
     finally:
         if args.keep or not finished:
-            print(f"kept the run's files (server.log, bodies.lua, store if trained) in {workdir}")
+            print(f"kept the run's files (logs, bodies, stores) in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 

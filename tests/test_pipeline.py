@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from index import build_index
+from tests.conftest import quick_settings
 from training.config import IndexConfig
 from training.features import UserRecord
+from training.pipeline import run
 from training.recommender import Recommender
 from training.store import ModelIntegrityError, load_model, load_model_dir, save_model
 
@@ -23,6 +25,20 @@ def test_two_tower_clearly_beats_popularity(trained):
     assert set(table) == {"popularity", "ease", "two-tower"}
     assert table["two-tower"]["recall@10"] > 1.3 * table["popularity"]["recall@10"], table
     assert table["two-tower"]["ndcg@10"] > table["popularity"]["ndcg@10"], table
+
+
+def test_sampled_softmax_regime_also_learns(small_data: Path):
+    """The large-catalog loss (in-batch + uniform negatives, logQ) on the same data."""
+    settings = quick_settings(small_data)
+    settings = settings.model_copy(
+        update={
+            "loss": settings.loss.model_copy(update={"kind": "sampled", "uniform_negatives": 64})
+        }
+    )
+    result = run(settings, progress=False, save=False)
+    assert result.train.loss_kind == "sampled"
+    table = result.table
+    assert table["two-tower"]["recall@10"] > 1.3 * table["popularity"]["recall@10"], table
 
 
 def test_training_keeps_the_best_validation_epoch(trained):

@@ -1,9 +1,12 @@
-"""On the real Steam data: import, train, and beat popularity on held-out players."""
+"""On the real Steam data: import, train, beat popularity on held-out players, and serve the
+same top-10 through `bentoml serve` as the offline evaluation ranks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import (
@@ -13,12 +16,17 @@ from tests.conftest import (
     quick_settings,
     requires_steam_data,
 )
+from tests.server import running_server
 from training.config import load_training_config
 from training.data.io import write_dataset
 from training.data.steam import import_steam200k
-from training.pipeline import run
+from training.evaluate import EVAL_CHUNK
+from training.features import Histories, catalog_items
+from training.pipeline import PipelineResult, run
+from training.train import tower_scorer
 
 pytestmark = [pytest.mark.slow, requires_steam_data()]
+SERVED_PLAYERS = 100
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +37,57 @@ def steam_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_default_config_beats_popularity_on_held_out_players(steam_data: Path):
+@pytest.fixture(scope="module")
+def default_model(steam_data: Path) -> PipelineResult:
+    """The default training run (configs/training.yaml), saved to the private model store."""
     train = load_training_config(PROJECT_ROOT / "configs" / "training.yaml").train
-    settings = quick_settings(steam_data, **train.model_dump())  # the default training run
-    result = run(settings, progress=False, save=False)
-    table = result.table
+    return run(quick_settings(steam_data, **train.model_dump()), progress=False, save=True)
+
+
+def test_default_config_beats_popularity_on_held_out_players(default_model: PipelineResult):
+    table = default_model.table
     assert table["two-tower"]["recall@10"] > 1.2 * table["popularity"]["recall@10"], table
     assert table["two-tower"]["ndcg@10"] > 1.15 * table["popularity"]["ndcg@10"], table
+
+
+def test_served_top_10_equals_the_evaluated_top_10(default_model: PipelineResult):
+    result, artifacts = default_model, default_model.artifacts
+    test, h = result.split.test, result.histories
+    game_ids = artifacts.vocab.games
+    items = catalog_items(artifacts.catalog, artifacts.vocab, artifacts.settings.features)
+    scores = tower_scorer(artifacts.model, h, test, items, artifacts.settings)(
+        test, slice(0, min(len(test), EVAL_CHUNK))
+    )
+    with running_server(["service:GameRec"], model_tag=result.tag) as url:
+        for row in range(SERVED_PLAYERS):
+            body, played = _request_body(h, test.users[row], test.inputs[row], game_ids)
+            response = httpx.post(f"{url}/recommend", json=body, timeout=30)
+            assert response.status_code == 200, response.text
+            served = response.json()
+            assert served["model"] == result.tag
+            ranking = scores[row].copy()
+            ranking[played] = -np.inf
+            expected = np.argsort(-ranking, kind="stable")[:10]
+            got = [r["game_id"] for r in served["recommendations"]]
+            assert got == [game_ids[g] for g in expected], (row, body)
+            np.testing.assert_allclose(
+                [r["score"] for r in served["recommendations"]], ranking[expected], atol=1e-5
+            )
+
+
+def _request_body(
+    h: Histories, user: int, keep: np.ndarray, game_ids: list[str]
+) -> tuple[dict, np.ndarray]:
+    """A held-out player's input games as a client would send them, and their positions."""
+    span = h.span(user)
+    played = h.games[span][keep]
+    ids = [game_ids[g] for g in played]
+    body = {
+        "user_id": str(h.user_ids[user]),
+        "time_played": dict(zip(ids, h.minutes[span][keep].tolist(), strict=True)),
+        "achievements": dict(
+            zip(ids, h.achievements[span][keep].astype(int).tolist(), strict=True)
+        ),
+        "top_k": 10,
+    }
+    return body, played

@@ -44,7 +44,8 @@ def clear_errors(func: _F) -> _F:
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         try:
             return func(*args, **kwargs)
-        except (DataError, ConfigError, ModelIntegrityError, FileNotFoundError, ValueError) as err:
+        # OSError: a file that cannot be read or written (missing, no permission, disk full).
+        except (DataError, ConfigError, ModelIntegrityError, OSError, ValueError) as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from err
 

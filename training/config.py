@@ -35,6 +35,9 @@ class SplitConfig(_Strict):
 
 class FeatureConfig(_Strict):
     history_weight: Literal["log1p", "binary"] = "binary"
+    history_norm: Literal["mean", "l2"] = Field(
+        "mean", description="history weights scaled to sum 1 (mean) or to unit L2 norm"
+    )
     max_history: int = Field(1000, ge=1, description="most-played games kept from a history")
     preferred_genres: int = Field(
         3, ge=0, description="genres derived from a history during training"
@@ -53,13 +56,19 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    kind: Literal["auto", "full", "in_batch"] = "auto"
+    kind: Literal["auto", "full", "sampled"] = "auto"
     full_softmax_max_items: int = Field(
-        50_000, ge=1, description="`auto` picks full softmax up to here"
+        50_000, ge=1, description="`auto` picks full softmax up to here, sampled above"
     )
     temperature: float = Field(0.05, gt=0)
+    uniform_negatives: int = Field(
+        1024, ge=0, description="sampled: games drawn uniformly per batch on top of in-batch"
+    )
     logq_correction: float = Field(
-        1.0, ge=0, description="strength of the logQ popularity correction"
+        1.0, ge=0, description="sampled: strength of the logQ correction"
+    )
+    target_weight: Literal["binary", "log1p"] = Field(
+        "binary", description="full: hidden games weighted equally or by log1p(minutes)"
     )
 
 
@@ -69,6 +78,9 @@ class TrainConfig(_Strict):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(512, ge=2)
     learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: anneal to zero over `epochs`"
+    )
     weight_decay: float = Field(0.0, ge=0)
     history_dropout: float = Field(
         0.5, gt=0, lt=1, description="share of a user's games hidden from the input as targets"
@@ -79,6 +91,9 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [10, 50])
     ease_lambdas: list[float] = Field(default_factory=lambda: [10, 50, 100, 250, 500, 1000, 2000])
+    ease_max_games: int = Field(
+        20_000, ge=1, description="EASE inverts a dense games x games matrix: skipped above"
+    )
 
     @model_validator(mode="after")
     def _needs_10(self) -> EvalConfig:
@@ -156,16 +171,28 @@ def load_training_config(path: Path | str | None = None) -> TrainingSettings:
 class BatchingConfig(_Strict):
     max_batch_size: int = Field(64, ge=1, description="users per call of the batched service")
     max_latency_ms: int = Field(
-        1000, ge=1, description="BentoML answers 503 when it expects a batch to wait longer")
+        1000, ge=1, description="BentoML answers 503 when it expects a batch to wait longer"
+    )
 
 
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger bodies get 413 unread")
     max_history: int = Field(1000, ge=1, description="games in time_played or achievements")
+    max_minutes: float = Field(
+        1e8, gt=0, description="minutes played per game (1e8 is about 190 years)"
+    )
     max_top_k: int = Field(100, ge=1)
     max_batch_requests: int = Field(100, ge=1, description="requests in one /recommend_batch")
     max_id_length: int = Field(256, ge=1, description="characters in a user, game or genre id")
     max_genres: int = Field(50, ge=0)
+
+
+class EmbedderConfig(_Strict):
+    """How the entry service rides out a restart of the inner (Embedder) worker."""
+
+    retry_s: float = Field(20.0, ge=0, description="retry a refused call for this long")
+    retry_interval_s: float = Field(0.1, gt=0)
+    probe_timeout_s: int = Field(2, ge=1, description="/readyz: the Embedder must answer in this")
 
 
 class ServiceSettings(_Strict):
@@ -174,6 +201,7 @@ class ServiceSettings(_Strict):
     torch_threads: int = Field(1, ge=1)
     faiss_threads: int = Field(1, ge=1)
     batching: BatchingConfig = BatchingConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
     limits: LimitsConfig = LimitsConfig()
 
 

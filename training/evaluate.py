@@ -179,13 +179,13 @@ def tune_ease(
 def baseline_table(
     histories: Histories, split: Split, n_games: int, cfg: EvalConfig
 ) -> dict[str, dict[str, float]]:
-    """Popularity and tuned EASE on the test users."""
+    """Popularity and tuned EASE on the test users (EASE only up to `cfg.ease_max_games`)."""
     train = train_matrix(histories, split.train_users, n_games)
-    lam, weights = tune_ease(histories, train, split.validation, cfg.ease_lambdas)
-    return {
-        "popularity": ranking_metrics(popularity_scorer(train), histories, split.test, cfg.ks),
-        "ease": {
+    table = {"popularity": ranking_metrics(popularity_scorer(train), histories, split.test, cfg.ks)}
+    if n_games <= cfg.ease_max_games:
+        lam, weights = tune_ease(histories, train, split.validation, cfg.ease_lambdas)
+        table["ease"] = {
             **ranking_metrics(ease_scorer(histories, weights), histories, split.test, cfg.ks),
             "lambda": lam,
-        },
-    }
+        }
+    return table

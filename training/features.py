@@ -71,7 +71,7 @@ class EncodedUser:
     """One user's model inputs as positions and weights, before batching."""
 
     games: np.ndarray  # int64 positions of played games
-    game_weights: np.ndarray  # float32, sums to 1 (or empty)
+    game_weights: np.ndarray  # float32, sum or L2 norm 1 (`history_norm`), or empty
     achievement_weights: np.ndarray  # float32 per played game, sums to 1 (or all zero)
     genres: np.ndarray  # int64 positions of preferred genres
     dense: np.ndarray  # float32 (N_DENSE,)
@@ -79,8 +79,8 @@ class EncodedUser:
     unknown_genres: tuple[str, ...] = ()
 
 
-def _normalized(weights: np.ndarray) -> np.ndarray:
-    total = weights.sum()
+def _normalized(weights: np.ndarray, norm: str = "mean") -> np.ndarray:
+    total = np.sqrt((weights**2).sum()) if norm == "l2" else weights.sum()
     return (weights / total).astype(np.float32) if total > 0 else np.zeros_like(weights, np.float32)
 
 
@@ -117,7 +117,7 @@ def encode_history(
     )
     return EncodedUser(
         games=games,
-        game_weights=_normalized(weights),
+        game_weights=_normalized(weights, cfg.history_norm),
         achievement_weights=_normalized(np.log1p(achievements)),
         genres=np.asarray(genres, dtype=np.int64),
         dense=dense * _DENSE_SCALE,
@@ -200,38 +200,42 @@ class ItemBatch:
     tag_weights: torch.Tensor
 
     def select(self, positions: torch.Tensor) -> ItemBatch:
-        """The sub-batch of the given catalog positions (training takes targets from here)."""
+        """The sub-batch of the given catalog positions (sampled training draws from here)."""
         pos = positions.numpy()
-        return _item_batch(
-            pos,
-            [self._bag(pos_i, "genre") for pos_i in pos],
-            [self._bag(pos_i, "tag") for pos_i in pos],
-        )
-
-    def _bag(self, position: int, kind: str) -> np.ndarray:
-        values, offsets = getattr(self, f"{kind}s"), getattr(self, f"{kind}_offsets")
-        end = offsets[position + 1] if position + 1 < len(offsets) else len(values)
-        return values[offsets[position] : end].numpy()
+        genres, genre_lengths = _gather_bags(self.genres.numpy(), self.genre_offsets.numpy(), pos)
+        tags, tag_lengths = _gather_bags(self.tags.numpy(), self.tag_offsets.numpy(), pos)
+        return _item_batch(pos, genres, genre_lengths, tags, tag_lengths)
 
 
-def _item_batch(ids: np.ndarray, genres: list[np.ndarray], tags: list[np.ndarray]) -> ItemBatch:
-    def weights(bags: list[np.ndarray]) -> torch.Tensor:
-        parts = [np.full(len(b), 1.0 / max(len(b), 1), np.float32) for b in bags]
-        return torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+def _gather_bags(
+    values: np.ndarray, offsets: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bags at `positions` of a flat (values, offsets) bag list, flat, with their lengths."""
+    ends = np.append(offsets[1:], len(values))
+    starts, lengths = offsets[positions], ends[positions] - offsets[positions]
+    # Index of each output value: its bag's start plus its place within the bag.
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return values[np.repeat(starts, lengths) + within], lengths
 
-    def flat(bags: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(
-            np.concatenate(bags).astype(np.int64) if bags else np.zeros(0, np.int64)
-        )
+
+def _item_batch(
+    ids: np.ndarray,
+    genres: np.ndarray,
+    genre_lengths: np.ndarray,
+    tags: np.ndarray,
+    tag_lengths: np.ndarray,
+) -> ItemBatch:
+    def weights(lengths: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32))
 
     return ItemBatch(
         ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)),
-        genres=flat(genres),
-        genre_offsets=_offsets([len(b) for b in genres]),
-        genre_weights=weights(genres),
-        tags=flat(tags),
-        tag_offsets=_offsets([len(b) for b in tags]),
-        tag_weights=weights(tags),
+        genres=torch.from_numpy(genres.astype(np.int64)),
+        genre_offsets=_offsets(list(genre_lengths)),
+        genre_weights=weights(genre_lengths),
+        tags=torch.from_numpy(tags.astype(np.int64)),
+        tag_offsets=_offsets(list(tag_lengths)),
+        tag_weights=weights(tag_lengths),
     )
 
 
@@ -248,7 +252,12 @@ def catalog_items(games: pd.DataFrame, vocab: Vocabulary, cfg: FeatureConfig) ->
         )
         for ts in games["tags"]
     ]
-    return _item_batch(np.arange(len(games)), genres, tags)
+    return _item_batch(np.arange(len(games)), *_flat(genres), *_flat(tags))
+
+
+def _flat(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(b) for b in bags], np.int64)
+    return (np.concatenate(bags) if bags else np.zeros(0, np.int64)), lengths
 
 
 def game_genre_positions(vocab: Vocabulary, games: pd.DataFrame) -> list[np.ndarray]:

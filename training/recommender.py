@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,3 +63,30 @@ class Recommender:
         scores, ids = search(self.artifacts.index, query, k, exclude=[{game}])
         keep = ids[0] >= 0
         return Ranked(games=ids[0][keep], scores=scores[0][keep])
+
+
+class ModelVersions:
+    """Recommenders by model tag ("gamerec:<version>"), the `keep` most recently loaded.
+
+    While a service switches versions, requests encoded with the previous one still find it. A tag
+    not loaded yet is loaded from the store on first use, outside the lock, so that serving the
+    loaded versions goes on meanwhile.
+    """
+
+    def __init__(self, load: Callable[[str], Recommender], keep: int = 2) -> None:
+        self._load, self._keep = load, keep
+        self._loaded: dict[str, Recommender] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tag: str) -> Recommender:
+        """The recommender of `tag`; an alias such as "gamerec:latest" is resolved, not kept."""
+        with self._lock:
+            found = self._loaded.get(tag)
+        if found is not None:
+            return found
+        loaded = self._load(tag)
+        with self._lock:
+            found = self._loaded.setdefault(loaded.artifacts.tag, loaded)
+            while len(self._loaded) > self._keep:
+                del self._loaded[next(iter(self._loaded))]  # the oldest
+        return found

@@ -1,6 +1,6 @@
 """Canonical tables of GameRec and their validation.
 
-Interactions: `user_id` (str), `game_id` (str), `minutes_played` (float64, finite, >= 0),
+Interactions: `user_id` (str), `game_id` (str), `minutes_played` (float64, 0 to `MAX_MINUTES`),
 `achievements` (int64, >= 0); one row per (user_id, game_id).
 
 Games: `game_id` (str, unique, non-empty), `title` (str), `genres` and `tags` (lists of labels
@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 ID_DTYPE = "str"
+MAX_MINUTES = 1e8  # per (user, game): about 190 years; sums of a whole history stay finite
 
 INTERACTION_COLUMNS = ("user_id", "game_id", "minutes_played", "achievements")
 GAME_COLUMNS = ("game_id", "title", "genres", "tags")
@@ -91,6 +92,14 @@ def validate_interactions(df: pd.DataFrame, source: str) -> pd.DataFrame:
             "achievements": _non_negative(df["achievements"], source, "achievements"),
         }
     )
+    pos = _first_bad(out["minutes_played"].to_numpy() > MAX_MINUTES)
+    if pos is not None:
+        raise DataError(
+            source,
+            f"{out['minutes_played'].iat[pos]:g} minutes is over the maximum of {MAX_MINUTES:g}",
+            row=pos + 1,
+            column="minutes_played",
+        )
     _check_integral(out["achievements"], source, "achievements")
     out["achievements"] = out["achievements"].astype(np.int64)
     duplicated = out.duplicated(["user_id", "game_id"]).to_numpy()

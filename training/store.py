@@ -31,6 +31,7 @@ import yaml
 from index import read_index, write_index
 from training.config import TrainingSettings
 from training.features import Vocabulary
+from training.schema import validate_games
 from training.towers import TwoTower
 
 TOWERS, EMBEDDINGS, INDEX, CATALOG = (
@@ -42,10 +43,15 @@ TOWERS, EMBEDDINGS, INDEX, CATALOG = (
 QUERIES = "recall_queries.npy"
 VOCAB, CONFIG, METRICS, CHART = "vocab.json", "training.yaml", "metrics.json", "evaluation.png"
 REQUIRED_FILES = (TOWERS, EMBEDDINGS, INDEX, CATALOG, VOCAB, CONFIG, METRICS, QUERIES)
+CATALOG_COLUMNS = ("game_id", "title", "genres", "tags", "popularity")  # what serving reads
 
 
 class ModelIntegrityError(ValueError):
     """A stored model whose parts are missing or disagree; it must not serve."""
+
+
+class ModelNotFound(ModelIntegrityError):
+    """No model by that tag in the store (or not a valid tag at all)."""
 
 
 @dataclass
@@ -101,10 +107,12 @@ def get_model(tag: str = "gamerec:latest") -> bentoml.Model:
     try:
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound as err:
-        raise ModelIntegrityError(
+        raise ModelNotFound(
             f"model {tag!r} is not in the BentoML model store (BENTOML_HOME="
             f"{os.environ.get('BENTOML_HOME', '~/bentoml')}); run `gamerec train` first"
         ) from err
+    except (ValueError, bentoml.exceptions.BentoMLException) as err:  # a malformed tag
+        raise ModelNotFound(f"{tag!r} is not a valid model tag: {err}") from err
 
 
 def load_model(tag: str = "gamerec:latest") -> ModelArtifacts:
@@ -145,7 +153,7 @@ def load_model_dir(
     artifacts = ModelArtifacts(
         model=model,
         vocab=vocab,
-        catalog=_read(path / CATALOG, tag, pd.read_parquet),
+        catalog=_read(path / CATALOG, tag, lambda p: validate_games(pd.read_parquet(p), p.name)),
         item_embeddings=_read(path / EMBEDDINGS, tag, _load_array),
         recall_queries=_read(path / QUERIES, tag, _load_array),
         index=_read(path / INDEX, tag, read_index),
@@ -172,15 +180,24 @@ def _read(path: Path, tag: str, reader):  # noqa: ANN001, ANN202 - a reader of a
 
 
 def check_consistency(a: ModelArtifacts) -> None:
-    """The parts must agree: dimensions, counts and vocabularies."""
+    """The parts must agree: catalog and vocabularies, dimensions, counts, finite vectors."""
+    missing = sorted(set(CATALOG_COLUMNS) - set(a.catalog.columns))
+    if missing:
+        raise ModelIntegrityError(f"model {a.tag} refused: {CATALOG} lacks columns {missing}")
     n_games, dim = len(a.vocab.games), a.settings.model.embedding_dim
     problems = []
-    if list(a.catalog["game_id"].astype(str)) != a.vocab.games:
-        problems.append(f"{CATALOG} game ids differ from the games vocabulary in {VOCAB}")
+    expected = Vocabulary.from_catalog(a.catalog)
+    for part in ("games", "genres", "tags"):
+        if getattr(expected, part) != getattr(a.vocab, part):
+            problems.append(f"the {part} vocabulary in {VOCAB} differs from the {CATALOG} {part}")
     if a.item_embeddings.shape != (n_games, dim):
         problems.append(
             f"{EMBEDDINGS} has shape {a.item_embeddings.shape}, expected ({n_games}, {dim})"
         )
+    elif not np.isfinite(a.item_embeddings).all():
+        problems.append(f"{EMBEDDINGS} holds non-finite values")
+    if a.recall_queries.ndim != 2 or a.recall_queries.shape[1] != dim:
+        problems.append(f"{QUERIES} has shape {a.recall_queries.shape}, expected (n, {dim})")
     if a.index.d != dim:
         problems.append(f"{INDEX} has dimension {a.index.d}, the user tower outputs {dim}")
     if a.index.ntotal != n_games:

@@ -24,7 +24,7 @@ from training.features import (
     history_weights,
     top_genres,
 )
-from training.losses import full_softmax, in_batch_softmax
+from training.losses import catalog_log_probs, multinomial_nll, sampled_softmax
 from training.towers import TwoTower
 
 
@@ -47,7 +47,7 @@ def seed_everything(seed: int, threads: int) -> np.random.Generator:
 def loss_kind(settings: TrainingSettings, n_games: int) -> str:
     kind = settings.loss.kind
     if kind == "auto":
-        return "full" if n_games <= settings.loss.full_softmax_max_items else "in_batch"
+        return "full" if n_games <= settings.loss.full_softmax_max_items else "sampled"
     return kind
 
 
@@ -120,8 +120,9 @@ class ExampleSampler:
         """The training users in a new random order."""
         return self.rng.permutation(self.users)
 
-    def example(self, user: int) -> tuple[EncodedUser, np.ndarray]:
-        """The user's input features and the catalog positions of the hidden targets."""
+    def example(self, user: int) -> tuple[EncodedUser, np.ndarray, np.ndarray]:
+        """The user's input features, and the catalog positions and minutes played of the
+        hidden targets."""
         span = self.h.span(user)
         n = span.stop - span.start
         hidden = self.rng.random(n) < self.s.train.history_dropout
@@ -135,7 +136,8 @@ class ExampleSampler:
                 self.game_genres,
                 self.s.features.preferred_genres,
             )
-        return self.h.encode(user, keep, genres, self.s.features), self.h.games[span][hidden]
+        inputs = self.h.encode(user, keep, genres, self.s.features)
+        return inputs, self.h.games[span][hidden], self.h.minutes[span][hidden]
 
 
 def _batch_loss(
@@ -144,27 +146,49 @@ def _batch_loss(
     users: np.ndarray,
     items: ItemBatch,
     kind: str,
-    log_q: torch.Tensor | None,
+    target_share: torch.Tensor | None,
 ) -> torch.Tensor:
     examples = [sampler.example(u) for u in users]
-    user_emb = model.user_embed(collate_users([inputs for inputs, _ in examples]))
+    user_emb = model.user_embed(collate_users([inputs for inputs, _, _ in examples]))
     temperature = sampler.s.loss.temperature
-    if kind == "in_batch":  # one target per row: the other rows' targets are the negatives
-        picked = torch.from_numpy(np.array([sampler.rng.choice(t) for _, t in examples]))
-        return in_batch_softmax(
-            user_emb, model.item_embed(items.select(picked)), picked, temperature, log_q
+    if kind == "sampled":
+        return _sampled_loss(
+            model, sampler, user_emb, [t for _, t, _ in examples], items, target_share
         )
-    target_rows, target_cols = _pairs([t for _, t in examples])
-    input_rows, input_cols = _pairs([inputs.games for inputs, _ in examples])
-    return full_softmax(
-        user_emb,
-        model.item_embed(items),
-        target_rows,
-        target_cols,
-        temperature,
-        input_rows,
-        input_cols,
+    target_rows, target_cols = _pairs([t for _, t, _ in examples])
+    input_rows, input_cols = _pairs([inputs.games for inputs, _, _ in examples])
+    log_probs = catalog_log_probs(
+        user_emb, model.item_embed(items), temperature, input_rows, input_cols
     )
+    weights = None
+    if sampler.s.loss.target_weight == "log1p":  # longer-played hidden games count more
+        minutes = np.concatenate([m for _, _, m in examples])
+        weights = torch.from_numpy(1.0 + np.log1p(minutes)).float()
+        weights = weights / weights.mean()
+    return multinomial_nll(log_probs, target_rows, target_cols, weights)
+
+
+def _sampled_loss(
+    model: TwoTower,
+    sampler: ExampleSampler,
+    user_emb: torch.Tensor,
+    targets: list[np.ndarray],
+    items: ItemBatch,
+    target_share: torch.Tensor | None,
+) -> torch.Tensor:
+    """One hidden game per row as its positive; the batch's other targets plus games drawn
+    uniformly from the catalog as negatives, each corrected by log of its expected count."""
+    rng, cfg, n_games = sampler.rng, sampler.s.loss, len(items.ids)
+    picked = np.array([rng.choice(t) for t in targets])
+    candidates = torch.from_numpy(
+        np.concatenate([picked, rng.integers(n_games, size=cfg.uniform_negatives)])
+    )
+    log_q = None
+    if target_share is not None:
+        expected = len(picked) * target_share[candidates] + cfg.uniform_negatives / n_games
+        log_q = cfg.logq_correction * torch.log(expected)
+    item_emb = model.item_embed(items.select(candidates))
+    return sampled_softmax(user_emb, item_emb, candidates, cfg.temperature, log_q)
 
 
 def _pairs(per_row: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,11 +197,11 @@ def _pairs(per_row: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(rows), torch.from_numpy(np.concatenate(per_row).astype(np.int64))
 
 
-def _log_q(histories: Histories, users: np.ndarray, n_games: int, strength: float) -> torch.Tensor:
-    """log of each game's share of training targets, times the correction's strength."""
+def _target_share(histories: Histories, users: np.ndarray, n_games: int) -> torch.Tensor:
+    """Each game's share of the training targets (smoothed), the in-batch sampling odds."""
     games = np.concatenate([histories.games[histories.span(u)] for u in users])
     counts = np.bincount(games, minlength=n_games).astype(np.float64) + 1.0
-    return torch.from_numpy(strength * np.log(counts / counts.sum())).float()
+    return torch.from_numpy(counts / counts.sum()).float()
 
 
 def train_two_tower(
@@ -202,9 +226,12 @@ def train_two_tower(
     sampler = ExampleSampler(
         histories, train_users, game_genre_positions(vocab, games), settings, rng
     )
-    log_q = None
-    if kind == "in_batch" and settings.loss.logq_correction > 0:
-        log_q = _log_q(histories, train_users, len(vocab.games), settings.loss.logq_correction)
+    target_share = None
+    if kind == "sampled" and settings.loss.logq_correction > 0:
+        target_share = _target_share(histories, train_users, len(vocab.games))
+    schedule = None
+    if settings.train.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.train.epochs)
     result = TrainResult(model, best_epoch=-1, best_validation=-1.0, seconds=0.0, loss_kind=kind)
     best_state, started, bs = None, time.perf_counter(), settings.train.batch_size
     for epoch in range(1, settings.train.epochs + 1):
@@ -219,12 +246,15 @@ def train_two_tower(
             unit="batch",
         )
         for start in bar:
-            loss = _batch_loss(model, sampler, users[start : start + bs], items, kind, log_q)
+            batch = users[start : start + bs]
+            loss = _batch_loss(model, sampler, batch, items, kind, target_share)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if schedule is not None:
+            schedule.step()
         scorer = tower_scorer(model, histories, split.validation, items, settings)
         recall = ranking_metrics(scorer, histories, split.validation, [10])["recall@10"]
         result.epochs.append(

@@ -1,11 +1,14 @@
 """Processed data sets on disk, written atomically.
 
 A processed data directory holds `interactions.parquet`, `games.parquet` and `dataset.json`
-(name, creation time, counts and the importer's report).
+(name, creation time, counts, the importer's report and the SHA-256 of both Parquet files).
+`dataset.json` is replaced last, so a write interrupted between the replacements is caught on
+load: the files no longer match their recorded digests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -65,6 +68,10 @@ def write_dataset(
     interactions = validate_interactions(interactions, f"{name} interactions")
     games = validate_games(games, f"{name} games")
     validate_dataset(interactions, games, f"{name} data set")
+    contents = {
+        INTERACTIONS_FILE: _parquet_bytes(interactions, INTERACTIONS_SCHEMA),
+        GAMES_FILE: _parquet_bytes(games, _games_schema(games)),
+    }
     info = {
         "name": name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -72,15 +79,12 @@ def write_dataset(
         "n_games": len(games),
         "n_interactions": len(interactions),
         "report": report or {},
+        "sha256": {filename: _sha256(data) for filename, data in contents.items()},
     }
-    contents = {
-        INTERACTIONS_FILE: _parquet_bytes(interactions, INTERACTIONS_SCHEMA),
-        GAMES_FILE: _parquet_bytes(games, _games_schema(games)),
-        INFO_FILE: (json.dumps(info, indent=2, default=_json_default) + "\n").encode("utf-8"),
-    }
+    contents[INFO_FILE] = (json.dumps(info, indent=2, default=_json_default) + "\n").encode()
     out_dir.mkdir(parents=True, exist_ok=True)
     # All temporary files are complete before the first replace, so a failure (e.g. a full disk)
-    # leaves the previous data set as it was.
+    # leaves the previous data set as it was; the info file goes last (see the module doc).
     temps: dict[str, Path] = {}
     try:
         for filename, data in contents.items():
@@ -102,8 +106,9 @@ def load_dataset(processed_dir: Path) -> Dataset:
     games_path = processed_dir / GAMES_FILE
     interactions = validate_interactions(_read_parquet(interactions_path), str(interactions_path))
     games = validate_games(_read_parquet(games_path), str(games_path))
-    validate_dataset(interactions, games, str(interactions_path))
     info = _read_info(processed_dir / INFO_FILE)
+    _check_digests(processed_dir, info)
+    validate_dataset(interactions, games, str(interactions_path))
     return Dataset(interactions, games, str(info.get("name", processed_dir.name)), info)
 
 
@@ -122,6 +127,10 @@ def _write_temp(path: Path, data: bytes) -> Path:
         temp.unlink(missing_ok=True)
         raise
     return temp
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _parquet_bytes(df: pd.DataFrame, schema: pa.Schema) -> bytes:
@@ -159,6 +168,21 @@ def _read_info(path: Path) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise DataError(path, "expected a JSON object")
     return info
+
+
+def _check_digests(processed_dir: Path, info: dict[str, Any]) -> None:
+    """Both Parquet files are the ones `dataset.json` was written with (older sets record none)."""
+    recorded = info.get("sha256", {})
+    if not isinstance(recorded, dict):
+        raise DataError(processed_dir / INFO_FILE, "'sha256' must map file names to digests")
+    for filename in (INTERACTIONS_FILE, GAMES_FILE):
+        digest = recorded.get(filename)
+        if digest is not None and _sha256((processed_dir / filename).read_bytes()) != digest:
+            raise DataError(
+                processed_dir / filename,
+                f"does not match its digest in {INFO_FILE}: the files come from different "
+                f"writes (one was interrupted?); {_HOW_TO_CREATE}",
+            )
 
 
 def _json_default(value: object) -> object:

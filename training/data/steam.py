@@ -13,6 +13,7 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
 import math
 import unicodedata
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.schema import (
+    MAX_MINUTES,
     DataError,
     validate_dataset,
     validate_games,
@@ -47,6 +49,11 @@ RAW_COLUMNS = {
 }
 RAW_BEHAVIOUR = _Column(2, "behaviour")
 _DROPPED_SIGNS = str.maketrans("", "", "\u2122\u00ae\u00a9")  # ™ ® ©
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 
 
 def normalize_title(title: str) -> str:
@@ -64,22 +71,22 @@ def read_plays(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     Errors name the file's line number and the column as the file (or the Kaggle page) names it.
     """
     path = Path(path)
-    reader = csv.reader(io.StringIO(_read_text(path)))
-    first = next(reader)
+    rows = _rows(_read_text(path), path)
+    first_line, first = next(rows, (1, []))  # (no row at all: reported as no header below)
     if "user_id" in (field.strip() for field in first):
-        form, columns, pending = "header", _header_columns(first, path), []
+        form, columns = "header", _header_columns(first, path, first_line)
     elif len(first) == RAW_FIELDS:
-        form, columns, pending = "raw", RAW_COLUMNS, [first]
+        form, columns, rows = "raw", RAW_COLUMNS, itertools.chain([(first_line, first)], rows)
     else:
         raise DataError(
             path,
             f"expected the header {','.join(PLAYS_HEADER)!r} or the raw Kaggle form with "
             f"{RAW_FIELDS} columns, found {len(first)} columns and no header",
-            row=1,
+            row=first_line,
         )
     users, titles, hours = [], [], []
     rows_read = purchases = 0
-    for line, fields in _numbered(reader, pending):
+    for line, fields in rows:
         rows_read += 1
         if len(fields) != len(first):
             raise DataError(path, f"expected {len(first)} columns, found {len(fields)}", row=line)
@@ -122,7 +129,14 @@ def read_game_metadata(path: Path) -> pd.DataFrame:
             raise DataError(path, "missing column", column=column)
     if "title" not in table.column_names and "app_name" not in table.column_names:
         raise DataError(path, "missing column (nor is there 'app_name')", column="title")
-    return table.to_pandas()
+    for column, (expected, fits) in _METADATA_TYPES.items():
+        found = table.schema.field(column).type if column in table.column_names else pa.null()
+        if not (pa.types.is_null(found) or fits(found)):  # an all-null column is just missing
+            raise DataError(path, f"expected {expected}, found {found}", column=column)
+    meta = table.to_pandas()
+    if "app_id" in meta:
+        _check_app_ids(meta["app_id"], path)
+    return meta
 
 
 def import_steam200k(
@@ -165,36 +179,49 @@ def import_steam200k(
 
 
 def _read_text(path: Path) -> str:
-    """UTF-8 text (a BOM is accepted); not empty."""
+    """UTF-8 text, not empty. A byte order mark is honoured: UTF-8, or UTF-16 as Excel saves it."""
     if not path.is_file():
         raise DataError(path, "file not found")
     data = path.read_bytes()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
+    encoding = "utf-8"
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            data, encoding = data[len(bom) :], codec
+            break
     try:
-        text = data.decode("utf-8")
+        text = data.decode(encoding)
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(path, f"not valid UTF-8 (byte 0x{data[e.start]:02x})", row=line) from e
+        line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
+        raise DataError(
+            path, f"not valid {encoding.upper()} (byte 0x{data[e.start]:02x})", row=line
+        ) from e
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise DataError(path, "NUL character: not a text file, or UTF-16 without a BOM", row=line)
     if not text.strip():
         raise DataError(path, "file is empty")
     return text
 
 
-def _numbered(reader: Any, pending: list[list[str]]) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of data rows; `pending` holds a first row already read (line 1)."""
-    for fields in pending:
-        yield 1, fields
-    for fields in reader:
-        if fields:  # skip blank lines
+def _rows(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank CSV rows; a row the CSV reader refuses is an error."""
+    reader = csv.reader(io.StringIO(text, newline=""))  # as the csv module wants files opened
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(path, f"not a valid CSV row: {e}", row=reader.line_num) from e
+        if fields:
             yield reader.line_num, fields
 
 
-def _header_columns(header: list[str], path: Path) -> dict[str, _Column]:
+def _header_columns(header: list[str], path: Path, line: int) -> dict[str, _Column]:
     names = [name.strip() for name in header]
     for name in PLAYS_HEADER:
         if name not in names:
-            raise DataError(path, f"missing column (header is {header})", row=1, column=name)
+            raise DataError(path, f"missing column (header is {header})", row=line, column=name)
     user, title, hours = (_Column(names.index(name), name) for name in PLAYS_HEADER)
     return {"user": user, "title": title, "hours": hours}
 
@@ -228,7 +255,61 @@ def _hours(fields: list[str], column: _Column, path: Path, line: int) -> float:
         raise DataError(path, f"not finite: {text!r}", row=line, column=column.name)
     if hours < 0:
         raise DataError(path, f"negative hours: {text!r}", row=line, column=column.name)
+    if hours * 60 > MAX_MINUTES:
+        raise DataError(
+            path,
+            f"{text} hours is over the maximum of {MAX_MINUTES / 60:g}",
+            row=line,
+            column=column.name,
+        )
     return hours
+
+
+# --- metadata types ----------------------------------------------------------------------
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_text_list(kind: pa.DataType) -> bool:
+    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and (
+        _is_text(kind.value_type) or pa.types.is_null(kind.value_type)
+    )
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _is_date(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) or pa.types.is_date(kind) or _is_text(kind)
+
+
+# The metadata columns the importer reads (all optional but genres, tags and a title), their
+# types as the error names them, and the Arrow types that fit.
+_METADATA_TYPES = {
+    "title": ("strings", _is_text),
+    "app_name": ("strings", _is_text),
+    "developer": ("strings", _is_text),
+    "genres": ("lists of strings", _is_text_list),
+    "tags": ("lists of strings", _is_text_list),
+    "app_id": ("numbers", _is_number),
+    "price": ("numbers", _is_number),
+    "num_reviews": ("numbers", _is_number),
+    "release_date": ("dates", _is_date),
+}
+MAX_APP_ID = 2**32 - 1  # Steam app ids are unsigned 32-bit
+
+
+def _check_app_ids(values: pd.Series, path: Path) -> None:
+    """Present app ids are whole numbers in 0..MAX_APP_ID."""
+    ids = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isnan(ids) & ~((ids >= 0) & (ids <= MAX_APP_ID) & (ids == np.floor(ids)))
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise DataError(path, f"not a Steam app id: {ids[pos]:g}", row=pos + 1, column="app_id")
 
 
 # --- joining to metadata -----------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""POST /admin/reload on a real server under load: switching model versions fails no request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import bentoml
+import faiss
+import httpx
+import pytest
+
+from tests.conftest import quick_settings
+from tests.server import running_server
+from training.data.io import write_dataset
+from training.data.synthetic import generate
+from training.features import UserRecord
+from training.pipeline import run
+from training.recommender import Recommender
+from training.store import load_model, save_model
+
+TOKEN = "reload-test-token-0123456789abcdef"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+BODY = {"user_id": "u", "time_played": {"g_1": 60.0, "g_2": 30.0, "g_3": 5.0}, "top_k": 10}
+CLIENTS = 3
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    """Serves the newest model (no GAMEREC_MODEL_TAG), with an admin token."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GAMEREC_ADMIN_TOKEN", TOKEN)
+        with running_server(["service:GameRec"]) as url:
+            yield httpx.Client(base_url=url, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def broken_tag(server, trained):
+    """A model version in the store whose index does not fit its towers; deleted afterwards."""
+    tag = save_model(load_model(trained.tag))
+    faiss.write_index(faiss.IndexFlatIP(8), str(Path(bentoml.models.get(tag).path) / "index.faiss"))
+    yield tag
+    bentoml.models.delete(tag)
+
+
+@pytest.fixture(scope="module")
+def new_version(broken_tag, tmp_path_factory) -> str:
+    """A second model trained now, after the server started, on another catalog."""
+    out = tmp_path_factory.mktemp("processed-v2")
+    interactions, games = generate(n_users=1500, n_games=300, seed=11)
+    write_dataset(interactions, games, out, name="synthetic-v2")
+    return run(quick_settings(out), progress=False, save=True).tag
+
+
+def _expected(tag: str) -> list[str]:
+    """What the model `tag` recommends for BODY, computed here without the service."""
+    recommender = Recommender.from_store(tag)
+    ranked = recommender.recommend([UserRecord(time_played=BODY["time_played"])], BODY["top_k"])
+    return [recommender.artifacts.vocab.games[g] for g in ranked[0].games]
+
+
+def _drive(base_url: str, stop: threading.Event, answers: list[tuple[int, str, list[str]]]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        while not stop.is_set():
+            response = client.post("/recommend", json=BODY)
+            body = response.json() if response.status_code == 200 else {}
+            games = [r["game_id"] for r in body.get("recommendations", [])]
+            answers.append((response.status_code, body.get("model", response.text), games))
+            time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_reload_under_load_fails_no_request(server, broken_tag, new_version):
+    old = server.get("/info").json()["model"]
+    expected = {old: _expected(old), new_version: _expected(new_version)}
+    assert expected[old] != expected[new_version]
+    stop = threading.Event()
+    answers: list[list[tuple[int, str, list[str]]]] = [[] for _ in range(CLIENTS)]
+    clients = [
+        threading.Thread(target=_drive, args=(str(server.base_url), stop, out)) for out in answers
+    ]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1)
+        refused = [
+            server.post("/admin/reload"),
+            server.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN[:-1]}x"}),
+            server.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}0"}),
+            server.post("/admin/reload", headers={"authorization": TOKEN}),
+        ]
+        assert [r.status_code for r in refused] == [401] * 4, [r.text for r in refused]
+        unknown = server.post("/admin/reload", json={"tag": "gamerec:nosuchversion"}, headers=AUTH)
+        assert unknown.status_code == 404 and "not in the BentoML model store" in unknown.text
+        broken = server.post("/admin/reload", json={"tag": broken_tag}, headers=AUTH)
+        assert broken.status_code == 400 and "index.faiss has dimension 8" in broken.text
+        assert server.get("/info").json()["model"] == old  # nothing changed
+        time.sleep(0.5)
+        switched = server.post("/admin/reload", headers=AUTH)  # no tag: the newest model
+        assert switched.status_code == 200, switched.text
+        assert switched.json() == {"model": new_version, "previous": old}
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+
+    every = [a for out in answers for a in out]
+    assert [a for a in every if a[0] != 200] == []
+    for out in answers:
+        models = [model for _, model, _ in out]
+        assert models[0] == old and models[-1] == new_version
+        assert set(models[models.index(new_version) :]) == {new_version}  # never back
+    for _, model, games in every:  # encoded, searched and shaped by one and the same version
+        assert games == expected[model]
+    print(f"\n{len(every)} requests during the reloads, none failed")
+
+    back = server.post("/admin/reload", json={"tag": old}, headers=AUTH)
+    assert back.json() == {"model": old, "previous": new_version}
+    assert (
+        server.post("/recommend", json=BODY).json()["recommendations"][0]["game_id"]
+        == (expected[old][0])
+    )
