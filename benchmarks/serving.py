@@ -49,13 +49,12 @@ WRK_SCRIPT = ROOT / "benchmarks" / "serving_wrk.lua"
 DOC = ROOT / "docs" / "performance.md"
 GAMEREC = Path(sys.executable).parent / "gamerec"
 BENTOML = Path(sys.executable).parent / "bentoml"
-UVICORN = Path(sys.executable).parent / "uvicorn"
 CLIENTS = (1, 8, 32, 64)
 # Synthetic catalogs to train on: name -> (users, games, training overrides).
 CATALOGS = {
     "default": (20_000, 5_000, {}),
     # Steam-store scale: the sampled-softmax regime; a few epochs, the benchmark is about serving.
-    "100k": (50_000, 100_000, {"train": {"epochs": 3, "patience": 3}}),
+    "100k": (30_000, 100_000, {"train": {"epochs": 2, "patience": 2}}),
 }
 START_MARK, END_MARK = "<!-- serving-benchmark:start -->", "<!-- serving-benchmark:end -->"
 # Server log exceptions counted per level: short name -> the exception line's text.
@@ -266,8 +265,7 @@ def targets(port: int, workdir: Path, peer_workers: int, with_peer: bool) -> lis
                   workdir / "gamerec.log")  # fmt: skip
     peer = Target(
         f"FastAPI peer ({peer_workers} workers)",
-        [str(UVICORN), "benchmarks.peer_fastapi:app", *host, "--workers", str(peer_workers),
-         "--no-access-log", "--log-level", "warning"],
+        [sys.executable, "-m", "benchmarks.peer_fastapi", *host, "--workers", str(peer_workers)],
         workdir / "peer.log",
     )  # fmt: skip
     return [ours, peer] if with_peer else [ours]
@@ -507,9 +505,10 @@ def catalog_section(
             "",
             f"Soak, GameRec: {lv.clients} clients for {lv.seconds:.0f} s: {lv.requests} requests, "
             f"{lv.rps:.0f} rps, p50 {lv.p50_ms:.1f} ms, p99 {lv.p99_ms:.1f} ms, errors "
-            f"{lv.errors}; resident memory of the service (all processes) {rss[0][1]:.0f} MiB "
-            f"at the start, {max(r for _, r in rss):.0f} MiB at most, {rss[-1][1]:.0f} MiB at "
-            f"the end ({soaked.growth:+.1%}).",
+            f"{lv.errors} (non-2xx {lv.non2xx}: {lv.statuses}; socket errors "
+            f"{lv.socket_errors}; timeouts {lv.timeouts}); resident memory of the service (all "
+            f"processes) {rss[0][1]:.0f} MiB at the start, {max(r for _, r in rss):.0f} MiB "
+            f"at most, {rss[-1][1]:.0f} MiB at the end ({soaked.growth:+.1%}).",
         ]
     return "\n".join(lines)
 
@@ -561,7 +560,8 @@ def measure(
     url = f"http://127.0.0.1:{port}"
     results: dict[str, list[Level]] = {}
     soaked = None
-    for target in targets(port, workdir, peer, not args.no_peer):
+    (workdir / catalog).mkdir(parents=True, exist_ok=True)
+    for target in targets(port, workdir / catalog, peer, not args.no_peer):
         with serve(target, url, env, args.ready_timeout) as pid:
             warm_up(url, bodies, bodies_lua, target.log)
             results[target.name] = []

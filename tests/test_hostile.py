@@ -7,25 +7,13 @@ off); the last test checks that the service still answers as it did before all o
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
-import bentoml
-import faiss
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
-from tests.server import BENTOML, PROJECT_ROOT, free_port, running_server
+from tests.server import running_server
 from training.config import load_service_config
-from training.store import ModelIntegrityError, load_model_dir
 
 LIMITS = load_service_config().limits
 VALID = {"user_id": "u_1", "time_played": {"g_1": 120.0, "g_2": 30.0}, "top_k": 5}
@@ -262,120 +250,3 @@ def test_service_still_answers_as_before(api):
     assert client.get("/readyz").status_code == 200
     after = client.post("/recommend", json=VALID)
     assert after.status_code == 200 and after.json() == before
-
-
-# ---------------------------------------------------------------- broken and poisoned models
-
-
-@pytest.fixture
-def model_copy(trained, tmp_path: Path) -> Path:
-    target = tmp_path / "model"
-    shutil.copytree(bentoml.models.get(trained.tag).path, target)
-    return target
-
-
-def _edit_catalog(path: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
-    edit(pd.read_parquet(path / "catalog.parquet")).to_parquet(path / "catalog.parquet")
-
-
-def _edit_vocab(path: Path, part: str, edit: Callable[[list], list]) -> None:
-    vocab = json.loads((path / "vocab.json").read_text())
-    vocab[part] = edit(vocab[part])
-    (path / "vocab.json").write_text(json.dumps(vocab))
-
-
-@pytest.mark.parametrize(
-    ("corrupt", "message"),
-    [
-        (lambda p: _edit_vocab(p, "genres", lambda g: g[::-1]), "genres vocabulary"),
-        (lambda p: _edit_vocab(p, "tags", lambda t: [x + "!" for x in t]), "tags vocabulary"),
-        (lambda p: _edit_vocab(p, "games", lambda g: g[1:] + g[:1]), "games vocabulary"),
-        (lambda p: _edit_catalog(p, lambda c: c.iloc[::-1]), "games vocabulary"),
-        (lambda p: _edit_catalog(p, lambda c: c.drop(columns="popularity")), "popularity"),
-        (
-            lambda p: _edit_catalog(p, lambda c: c.assign(genres=[[1]] * len(c))),
-            "cannot read catalog.parquet",
-        ),
-        (
-            lambda p: np.save(
-                p / "item_embeddings.npy", np.full_like(np.load(p / "item_embeddings.npy"), np.nan)
-            ),
-            "non-finite",
-        ),
-        (
-            lambda p: np.save(p / "recall_queries.npy", np.zeros((5, 3), np.float32)),
-            "recall_queries.npy has shape",
-        ),
-        (
-            lambda p: np.save(p / "item_embeddings.npy", np.array([object()]), allow_pickle=True),
-            "cannot read item_embeddings.npy",
-        ),
-    ],
-    ids=[
-        "genres-order",
-        "tags",
-        "games-order",
-        "catalog-order",
-        "no-popularity",
-        "catalog-types",
-        "nan-embeddings",
-        "queries-dim",
-        "pickled-array",
-    ],
-)
-def test_a_broken_model_is_refused_naming_the_part(model_copy: Path, corrupt, message: str):
-    corrupt(model_copy)
-    with pytest.raises(ModelIntegrityError, match=message):
-        load_model_dir(model_copy, tag="broken")
-
-
-class _Payload:
-    """Unpickling this calls `Path.touch(marker)`: code run by merely loading a file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204 - pickle's protocol
-        return (Path.touch, (self.marker,))
-
-
-def test_weights_with_a_pickled_payload_are_refused_unrun(model_copy: Path, tmp_path: Path):
-    marker = tmp_path / "payload-ran"
-    state = torch.load(model_copy / "towers.pt", weights_only=True)
-    torch.save({**state, "extra": _Payload(marker)}, model_copy / "towers.pt")
-    with pytest.raises(ModelIntegrityError, match="cannot read towers.pt"):
-        load_model_dir(model_copy, tag="poisoned")
-    assert not marker.exists()
-
-
-@pytest.mark.slow
-def test_bentoml_serve_refuses_to_start_naming_the_part(trained, tmp_path: Path):
-    """A real `bentoml serve` of a model whose index does not fit exits with the reason."""
-    source = Path(bentoml.models.get(trained.tag).path)
-    home = tmp_path / "bentoml"  # a private store: the broken model never becomes anyone's latest
-    target = home / "models" / "gamerec" / source.name
-    shutil.copytree(source, target)
-    (target.parent / "latest").write_text(source.name)
-    faiss.write_index(faiss.IndexFlatIP(8), str(target / "index.faiss"))
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    env.pop("GAMEREC_MODEL_TAG", None)
-    command = [BENTOML, "serve", "service:GameRec", "--port", str(free_port())]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-    assert code != 0, output[-2000:]
-    assert "index.faiss has dimension 8, the user tower outputs" in output, output[-2000:]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import bentoml
-import faiss
 import numpy as np
 import pytest
 
@@ -17,7 +14,7 @@ from training.config import IndexConfig
 from training.features import UserRecord
 from training.pipeline import run
 from training.recommender import Recommender
-from training.store import ModelIntegrityError, load_model, load_model_dir, save_model
+from training.store import ModelIntegrityError, load_model, save_model
 
 
 def test_two_tower_clearly_beats_popularity(trained):
@@ -119,71 +116,6 @@ def test_rebuilt_index_is_a_new_version_with_measured_recall(trained):
     )
     assert tag != trained.tag
     assert load_model(tag).index.ntotal == len(artifacts.vocab.games)
-
-
-@pytest.fixture
-def model_copy(trained, tmp_path: Path) -> Path:
-    source = Path(bentoml.models.get(trained.tag).path)
-    target = tmp_path / "model"
-    shutil.copytree(source, target)
-    return target
-
-
-def test_a_copy_of_the_model_folder_loads(model_copy: Path):
-    assert load_model_dir(model_copy, tag="copy").index.ntotal > 0
-
-
-@pytest.mark.parametrize(
-    ("corrupt", "message"),
-    [
-        (lambda p: (p / "towers.pt").unlink(), "missing towers.pt"),
-        (lambda p: (p / "towers.pt").write_bytes(b"not a checkpoint"), "cannot read towers.pt"),
-        (lambda p: (p / "index.faiss").write_bytes(b"\0" * 64), "cannot read index.faiss"),
-        (
-            lambda p: faiss.write_index(faiss.IndexFlatIP(8), str(p / "index.faiss")),
-            "index.faiss has dimension 8",
-        ),
-        (
-            lambda p: np.save(p / "item_embeddings.npy", np.zeros((3, 64), np.float32)),
-            "item_embeddings.npy has shape",
-        ),
-        (
-            lambda p: (p / "vocab.json").write_text('{"games": ["x"], "genres": [], "tags": []}'),
-            "towers.pt does not fit",
-        ),
-        (
-            lambda p: (p / "catalog.parquet").write_bytes(b"PAR1garbage"),
-            "cannot read catalog.parquet",
-        ),
-        (
-            lambda p: (p / "training.yaml").write_text("model: {embedding_dim: -1}"),
-            "cannot read training.yaml",
-        ),
-    ],
-    ids=[
-        "no-weights",
-        "bad-weights",
-        "bad-index",
-        "index-dim",
-        "embeddings",
-        "vocab",
-        "catalog",
-        "config",
-    ],
-)
-def test_a_broken_model_is_refused_naming_the_part(model_copy: Path, corrupt, message: str):
-    corrupt(model_copy)
-    with pytest.raises(ModelIntegrityError, match=message):
-        load_model_dir(model_copy, tag="broken")
-
-
-def test_index_with_a_vector_per_game_missing_is_refused(model_copy: Path):
-    artifacts = load_model_dir(model_copy, tag="copy")
-    short = faiss.IndexFlatIP(artifacts.item_embeddings.shape[1])
-    short.add(artifacts.item_embeddings[:-1])
-    faiss.write_index(short, str(model_copy / "index.faiss"))
-    with pytest.raises(ModelIntegrityError, match="vectors for"):
-        load_model_dir(model_copy, tag="short")
 
 
 def test_unknown_model_tag_says_how_to_make_one():
