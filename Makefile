@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 GAMEREC := $(VENV)/bin/gamerec
 SHARED := ../shared/data
 
-.PHONY: install synth steam train index evaluate serve build dashboard test test-fast lint quickstart
+.PHONY: install synth steam train index evaluate serve build dashboard test test-fast lint quickstart \
+	image image-smoke
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +37,15 @@ dashboard: install
 
 build: install
 	$(VENV)/bin/bentoml build
+
+# Container image with buildah on a local Debian base image, no Docker daemon or registry
+# (root; apt-get install buildah debootstrap). BENTO=name:version containerizes that Bento
+# instead of building one; IMAGE=... smoke-tests another image. See README "Container image".
+image: install
+	BENTOML=$(VENV)/bin/bentoml PYTHON=$(PY) scripts/image.sh build $(BENTO)
+
+image-smoke: install
+	BENTOML=$(VENV)/bin/bentoml PYTHON=$(PY) scripts/image.sh smoke $(IMAGE)
 
 # The README's first command: synthetic data, train, save to the model store, serve.
 quickstart: install synth train serve
