@@ -27,6 +27,7 @@ from training.bentoml_patches import (
     inner_service_config,
     patch_timeout_middleware,
 )
+from training.coalesce import Coalescer
 from training.config import load_service_config
 from training.recommender import ModelVersions, Ranked, Recommender
 from training.serving import (
@@ -120,6 +121,11 @@ class GameRec:
     def __init__(self) -> None:
         self.served = ServedModel.of(_load(_pinned_tag(GameRec, type(self).model)))
         self._reloading = asyncio.Lock()
+        self.coalescer = Coalescer(
+            self._top_k,
+            max_batch=SETTINGS.batching.max_batch_size,
+            max_in_flight=SETTINGS.embedder.max_calls_in_flight,
+        )
         freeze_startup_objects()
 
     @bentoml.on_deployment
@@ -172,7 +178,7 @@ class GameRec:
             UserQuery.from_encoded(users[i], excluded[i], requests[i].top_k, served.tag)
             for i in warm
         ]
-        ranked = dict(zip(warm, await self._top_k(queries), strict=True)) if warm else {}
+        ranked = dict(zip(warm, await self.coalescer(queries), strict=True)) if warm else {}
         responses = []
         for i, (request, user) in enumerate(zip(requests, users, strict=True)):
             if i in ranked:

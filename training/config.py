@@ -188,8 +188,11 @@ class LimitsConfig(_Strict):
 
 
 class EmbedderConfig(_Strict):
-    """How the entry service rides out a restart of the inner (Embedder) worker."""
+    """How the entry service calls the inner (Embedder) service, and rides out its restart."""
 
+    max_calls_in_flight: int = Field(
+        1, ge=1, description="calls out at once; queries waiting meanwhile go out together"
+    )
     retry_s: float = Field(20.0, ge=0, description="retry a refused call for this long")
     retry_interval_s: float = Field(0.1, gt=0)
     probe_timeout_s: int = Field(2, ge=1, description="/readyz: the Embedder must answer in this")
