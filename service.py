@@ -33,6 +33,7 @@ from training.recommender import ModelVersions, Ranked, Recommender
 from training.serving import (
     ADMIN_BEARER,
     ADMIN_RESPONSES,
+    EMBEDDER_CALL_QUERIES,
     Catalog,
     ErrorMessage,
     RankedGames,
@@ -155,6 +156,7 @@ class GameRec:
     async def _top_k(self, queries: list[UserQuery]) -> list[RankedGames]:
         """The Embedder's answer; while its worker restarts (connection refused or dropped),
         wait and retry for up to `embedder.retry_s`, so that callers see latency, not errors."""
+        EMBEDDER_CALL_QUERIES.observe(len(queries))
         deadline = time.monotonic() + SETTINGS.embedder.retry_s
         while True:
             try:

@@ -18,6 +18,7 @@ from index import (
     search,
     write_index,
 )
+from index.load import BLAS_FROM_QUERIES
 from training.config import IndexConfig
 
 ALL_TYPES = ["flat", "ivf", "ivfpq", "hnsw"]
@@ -109,6 +110,23 @@ def test_search_accepts_float64_and_non_contiguous_queries() -> None:
     queries = np.asfortranarray(items[:4].astype(np.float64))
     _, ids = search(index, queries, k=1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3]
+
+
+def test_batched_search_equals_one_query_at_a_time(
+    random_catalog: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A batch takes FAISS's BLAS kernel and a single query its SIMD kernel (index/load.py):
+    both are exact, so the same top 10 comes back, with scores equal up to rounding."""
+    items, queries = random_catalog
+    index = build_index(items, IndexConfig(type="flat"))
+    batch = queries[:64]
+    assert len(batch) >= BLAS_FROM_QUERIES
+    scores, ids = search(index, batch, k=10)
+    for row, query in enumerate(batch):
+        one_scores, one_ids = search(index, query[None], k=10)
+        np.testing.assert_array_equal(one_ids[0], ids[row])
+        np.testing.assert_allclose(one_scores[0], scores[row], rtol=1e-5)
+    np.testing.assert_allclose(scores[:, 0], np.max(batch @ items.T, axis=1), rtol=1e-5)
 
 
 def test_search_rejects_bad_arguments() -> None:

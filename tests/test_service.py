@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -234,9 +235,42 @@ class TestHTTP:
         )
         assert chunked.status_code == 413
 
+    def test_concurrent_requests_share_embedder_calls(self, server, trained):
+        """32 clients at once each get their own answer, the one they get alone, while the entry
+        service sends their queries to the Embedder in fewer calls (training/coalesce.py)."""
+        h, games = trained.histories, trained.artifacts.vocab.games
+        bodies = [
+            {"user_id": f"c{i}", "time_played": {games[g]: 60.0 for g in h.games[h.span(u)]}}
+            for i, u in enumerate(trained.split.test.users[:32])
+        ]
+        alone = [server.post("/recommend", json=b).json()["recommendations"] for b in bodies]
+        calls, queries = _embedder_calls(server)
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(lambda b: server.post("/recommend", json=b), bodies))
+        assert [r.status_code for r in together] == [200] * len(bodies)
+        for response, expected in zip(together, alone, strict=True):
+            got = response.json()["recommendations"]  # batched math: equal up to rounding
+            assert [g["game_id"] for g in got] == [g["game_id"] for g in expected]
+            np.testing.assert_allclose(
+                [g["score"] for g in got], [g["score"] for g in expected], rtol=1e-5
+            )
+        calls_after, queries_after = _embedder_calls(server)
+        assert queries_after - queries == len(bodies)
+        assert calls_after - calls < len(bodies)
+
     def test_still_serves_after_bad_input(self, server):
         assert server.get("/readyz").status_code == 200
         assert server.post("/recommend", json=EXAMPLE).status_code == 200
+
+
+def _embedder_calls(server: httpx.Client) -> tuple[float, float]:
+    """(calls, queries) from the entry service's /metrics: its calls to the Embedder so far."""
+    totals = {"count": 0.0, "sum": 0.0}
+    for line in server.get("/metrics").text.splitlines():
+        for part in totals:
+            if line.startswith(f"gamerec_embedder_call_queries_{part}"):
+                totals[part] += float(line.rsplit(" ", 1)[1])
+    return totals["count"], totals["sum"]
 
 
 def _bentoml(*args: str, env: dict[str, str], timeout: float = 120) -> str:

@@ -18,6 +18,7 @@ from _bentoml_sdk.service.factory import Service
 from bentoml._internal.service.openapi.specification import OpenAPISpecification, Schema
 from bentoml._internal.service.openapi.utils import exception_components_schema
 from fastapi.security import HTTPBearer
+from prometheus_client import Histogram
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -31,6 +32,12 @@ from training.store import ModelArtifacts
 
 LIMITS = load_service_config().limits
 ADMIN_TOKEN_ENV = "GAMEREC_ADMIN_TOKEN"
+# In /metrics next to BentoML's own: how well the entry service coalesces its Embedder calls.
+EMBEDDER_CALL_QUERIES = Histogram(
+    "gamerec_embedder_call_queries",
+    "User queries per call of the entry service to the Embedder (coalesced, training/coalesce.py)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=LIMITS.max_id_length)]
 Minutes = Annotated[float, Field(ge=0, le=LIMITS.max_minutes, allow_inf_nan=False, strict=True)]
