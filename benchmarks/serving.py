@@ -3,10 +3,12 @@
 (`benchmarks/peer_fastapi.py`, per-request inference), both loading the same stored model.
 
 For each catalog it builds realistic `POST /recommend` bodies from the model's catalog, starts
-one server at a time on a free port, waits for /readyz, warms up, runs wrk at 1, 8, 32 and 64
-concurrent clients for a fixed time each, and stops it; then prints rps, p50, p99 and errors
-side by side with the ratio ours/peer, and writes the tables to docs/performance.md. A soak
-run (64 clients, minutes) reports errors and the growth of the service's resident memory.
+both servers on free ports, waits for /readyz, warms them up, and runs wrk at 1, 8, 32 and 64
+concurrent clients for a fixed time each, against one server and then the other (the order
+alternates per level; an idle server takes no CPU), so that the machine's drift hits both
+alike; then prints rps, p50, p99 and errors side by side with the ratio ours/peer, and writes
+the tables to docs/performance.md. A soak run (64 clients, minutes) reports errors and the
+growth of the service's resident memory.
 
     python benchmarks/serving.py --catalog default --catalog 100k   # train both, 30 s per level
     python benchmarks/serving.py --model gamerec:latest --duration 10   # an existing model
@@ -93,10 +95,11 @@ class Level:
 
 @dataclass
 class Target:
-    """A server to measure: its command line and where its log goes."""
+    """A server to measure: its command line, its port and where its log goes."""
 
     name: str
     command: list[str]
+    port: int
     log: Path
 
 
@@ -108,7 +111,9 @@ def parse_args() -> argparse.Namespace:
         choices=sorted(CATALOGS),
         help="train a model on this synthetic catalog in a temp store (repeatable)",
     )
-    parser.add_argument("--model", help="measure this stored model instead of training")
+    parser.add_argument(
+        "--model", action="append", help="measure this stored model, not a new one (repeatable)"
+    )
     parser.add_argument(
         "--bentoml-home",
         type=Path,
@@ -259,13 +264,22 @@ def log_tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def targets(port: int, workdir: Path, peer_workers: int, with_peer: bool) -> list[Target]:
-    host = ["--host", "127.0.0.1", "--port", str(port)]
-    ours = Target("GameRec (BentoML)", [str(BENTOML), "serve", "service:GameRec", *host],
-                  workdir / "gamerec.log")  # fmt: skip
+def targets(workdir: Path, peer_workers: int, with_peer: bool) -> list[Target]:
+    """Our service and the peer, each on a free port of its own."""
+    ours_port, peer_port = free_port(), free_port()
+    while peer_port == ours_port:
+        peer_port = free_port()
+    ours = Target(
+        "GameRec (BentoML)",
+        [str(BENTOML), "serve", "service:GameRec", "--host", "127.0.0.1", "--port", str(ours_port)],
+        ours_port,
+        workdir / "gamerec.log",
+    )
     peer = Target(
         f"FastAPI peer ({peer_workers} workers)",
-        [sys.executable, "-m", "benchmarks.peer_fastapi", *host, "--workers", str(peer_workers)],
+        [sys.executable, "-m", "benchmarks.peer_fastapi", "--host", "127.0.0.1",
+         "--port", str(peer_port), "--workers", str(peer_workers)],
+        peer_port,
         workdir / "peer.log",
     )  # fmt: skip
     return [ours, peer] if with_peer else [ours]
@@ -549,33 +563,39 @@ def write_doc(path: Path, section: str) -> None:
 def measure(
     catalog: str, tag: str, env: dict[str, str], workdir: Path, args: argparse.Namespace, peer: int
 ) -> str:
-    """Both servers over the same bodies, one after the other; the section of the report."""
+    """Both servers up at once over the same bodies, driven in turn at each level (the order
+    alternates from level to level), so that the machine's drift hits both alike; then the
+    soak of ours. The section of the report."""
     tag, games = load_catalog(tag, env["BENTOML_HOME"])
     env = {**env, "GAMEREC_MODEL_TAG": tag}
     bodies = make_bodies(games, args.bodies, args.seed)
     bodies_lua = workdir / "bodies.lua"
     write_bodies(bodies, bodies_lua)
     print(f"{catalog}: model {tag}, {len(games)} games, {len(bodies)} bodies", flush=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    results: dict[str, list[Level]] = {}
-    soaked = None
     (workdir / catalog).mkdir(parents=True, exist_ok=True)
-    for target in targets(port, workdir / catalog, peer, not args.no_peer):
-        with serve(target, url, env, args.ready_timeout) as pid:
+    with contextlib.ExitStack() as running:
+        servers = []  # (target, url, pid)
+        for target in targets(workdir / catalog, peer, not args.no_peer):
+            url = f"http://127.0.0.1:{target.port}"
+            pid = running.enter_context(serve(target, url, env, args.ready_timeout))
+            servers.append((target, url, pid))
+        for target, url, _ in servers:
             warm_up(url, bodies, bodies_lua, target.log)
-            results[target.name] = []
-            for clients in args.clients:
+        results: dict[str, list[Level]] = {target.name: [] for target, _, _ in servers}
+        for i, clients in enumerate(args.clients):
+            for target, url, _ in servers[:: 1 if i % 2 == 0 else -1]:
                 time.sleep(2)  # let the last run's requests and log lines drain
                 lv = run_wrk(url, bodies_lua, clients, args.duration, args.timeout, target.log)
                 results[target.name].append(lv)
                 print(f"  {target.name}, {clients:>3} clients: {lv.rps:8.1f} rps, p50 "
                       f"{lv.p50_ms:7.1f} ms, p99 {lv.p99_ms:7.1f} ms, errors {lv.errors}",
                       flush=True)  # fmt: skip
-            if args.soak and target.name.startswith("GameRec"):
-                clients = max(args.clients)
-                print(f"  soak: {clients} clients for {args.soak} s", flush=True)
-                soaked = soak(url, pid, bodies_lua, clients, args.soak, args, target.log)
+        soaked = None
+        if args.soak:
+            target, url, pid = servers[0]
+            clients = max(args.clients)
+            print(f"  soak: {clients} clients for {args.soak} s", flush=True)
+            soaked = soak(url, pid, bodies_lua, clients, args.soak, args, target.log)
     return catalog_section(catalog, tag, len(games), results, soaked)
 
 
@@ -593,11 +613,11 @@ def main() -> int:
     try:
         sections = []
         runs = [(c, "gamerec:latest") for c in args.catalog or []]
-        if args.model:
-            runs.append(("stored", args.model))
+        for i, model in enumerate(args.model or []):
+            runs.append(("stored" if len(args.model) == 1 else f"stored-{i + 1}", model))
         for catalog, tag in runs:
             env = dict(os.environ)
-            if catalog == "stored":
+            if catalog.startswith("stored"):
                 home = args.bentoml_home or Path.home() / "bentoml"
                 env["BENTOML_HOME"] = str(Path(home).expanduser().resolve())
             else:
