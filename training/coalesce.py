@@ -31,7 +31,6 @@ class Coalescer(Generic[Query, Answer]):
         self.call, self.max_batch, self.max_in_flight = call, max_batch, max_in_flight
         self._waiting: deque[tuple[list[Query], asyncio.Future[list[Answer]]]] = deque()
         self._in_flight = 0
-        self.calls = 0  # calls made, for tests and benchmarks
 
     async def __call__(self, queries: list[Query]) -> list[Answer]:
         future: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
@@ -40,17 +39,20 @@ class Coalescer(Generic[Query, Answer]):
         return await future
 
     def _send_waiting(self) -> None:
-        # A caller that has gone (its client disconnected) while waiting is not sent.
-        self._waiting = deque(w for w in self._waiting if not w[1].done())
-        while self._waiting and self._in_flight < self.max_in_flight:
+        while self._in_flight < self.max_in_flight and self._next_waiting():
             batch = [self._waiting.popleft()]
             size = len(batch[0][0])
-            while self._waiting and size + len(self._waiting[0][0]) <= self.max_batch:
+            while self._next_waiting() and size + len(self._waiting[0][0]) <= self.max_batch:
                 size += len(self._waiting[0][0])
                 batch.append(self._waiting.popleft())
             self._in_flight += 1
-            self.calls += 1
             asyncio.get_running_loop().create_task(self._send(batch))
+
+    def _next_waiting(self) -> bool:
+        """Whether a caller waits; callers that have gone (client disconnected) are dropped."""
+        while self._waiting and self._waiting[0][1].done():
+            self._waiting.popleft()
+        return bool(self._waiting)
 
     async def _send(self, batch: list[tuple[list[Query], asyncio.Future[list[Answer]]]]) -> None:
         queries = [q for waiting, _ in batch for q in waiting]
