@@ -16,6 +16,7 @@ from typing import Annotated
 import aiohttp
 import bentoml
 import faiss
+import numpy as np
 import torch
 from fastapi import FastAPI, Query, Security
 from fastapi.responses import JSONResponse
@@ -26,6 +27,7 @@ from training.bentoml_patches import (
     freeze_startup_objects,
     inner_service_config,
     patch_timeout_middleware,
+    untraced_routes_config,
 )
 from training.coalesce import Coalescer
 from training.config import load_service_config
@@ -111,7 +113,12 @@ class Embedder:
 api = FastAPI()
 
 
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 30})
+UNTRACED_ROUTES = () if SETTINGS.trace_recommend else ("/recommend", "/recommend_batch")
+
+
+@bentoml.service(
+    workers=SETTINGS.workers, traffic={"timeout": 30}, **untraced_routes_config(*UNTRACED_ROUTES)
+)
 @bentoml.asgi_app(api)
 class GameRec:
     """The HTTP API: validation, features, response shaping."""
@@ -184,7 +191,7 @@ class GameRec:
         responses = []
         for i, (request, user) in enumerate(zip(requests, users, strict=True)):
             if i in ranked:
-                result = Ranked(games=ranked[i].games, scores=ranked[i].scores)
+                result = Ranked(games=np.array(ranked[i].games), scores=np.array(ranked[i].scores))
             else:
                 result = catalog.popular(request.top_k, excluded[i], request.genres)
             responses.append(

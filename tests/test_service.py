@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from opentelemetry.util.http import ExcludeList
 
 from tests.server import BENTOML, PROJECT_ROOT, running_server
+from training.bentoml_patches import untraced_routes_config
 from training.features import UserRecord
 from training.recommender import Recommender
 
@@ -124,6 +126,17 @@ def test_info_describes_the_served_model(svc, trained):
 # ---------------------------------------------------------------- a real server
 
 
+def test_untraced_routes_are_exactly_those_paths():
+    excluded = ExcludeList(
+        untraced_routes_config("/recommend", "/recommend_batch")["tracing"]["excluded_urls"]
+    )
+    for path in ("/recommend", "/recommend_batch"):
+        assert excluded.url_disabled(f"http://127.0.0.1:3000{path}")
+    for path in ("/similar", "/recommend/x", "/recommendations", "/readyz"):
+        assert not excluded.url_disabled(f"http://127.0.0.1:3000{path}")
+    assert untraced_routes_config() == {}  # trace_recommend: true leaves BentoML's setting alone
+
+
 @pytest.fixture(scope="module")
 def server(trained):
     with running_server(["service:GameRec"], model_tag=trained.tag) as base_url:
@@ -161,6 +174,12 @@ class TestHTTP:
         assert not first["cold_start"] and second["cold_start"]
         too_many = server.post("/recommend_batch", json={"requests": [EXAMPLE] * 101})
         assert too_many.status_code == 400 and "requests" in too_many.text
+
+    def test_recommend_routes_build_no_spans(self, server):
+        """`trace_recommend: false` (the default): no span, hence no request id from BentoML."""
+        response = server.post("/recommend", json=EXAMPLE)
+        assert response.status_code == 200
+        assert "x-bentoml-request-id" not in response.headers
 
     def test_get_endpoints(self, server):
         assert server.get("/similar", params={"game_id": "g_2", "top_k": 3}).status_code == 200

@@ -203,6 +203,9 @@ class ServiceSettings(_Strict):
     workers: int = Field(1, ge=1, description="processes of the HTTP entry service")
     torch_threads: int = Field(1, ge=1)
     faiss_threads: int = Field(1, ge=1)
+    trace_recommend: bool = Field(
+        False, description="OpenTelemetry spans for /recommend and /recommend_batch"
+    )
     batching: BatchingConfig = BatchingConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -268,9 +268,18 @@ def shape_response(
     model_tag: str,
 ) -> RecommendResponse:
     reasons = catalog.because_you_played(ranked.games, user.games)
+    # Python ints and floats first: iterating numpy arrays yields slow numpy scalars.
     recommendations = [
-        Recommendation(**catalog.game(int(g)).model_dump(), score=float(s), because_you_played=r)
-        for g, s, r in zip(ranked.games, ranked.scores, reasons, strict=True)
+        Recommendation(
+            game_id=catalog.ids[g],
+            title=catalog.titles[g],
+            genres=catalog.genres[g],
+            score=score,
+            because_you_played=reason,
+        )
+        for g, score, reason in zip(
+            ranked.games.tolist(), ranked.scores.tolist(), reasons, strict=True
+        )
     ]
     return RecommendResponse(
         user_id=request.user_id,
