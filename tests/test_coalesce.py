@@ -37,8 +37,55 @@ def test_each_caller_gets_its_own_answers_in_order() -> None:
         return await asyncio.gather(*(coalescer([i, 100 + i]) for i in range(20)))
 
     assert run(main()) == [[2 * i, 200 + 2 * i] for i in range(20)]
-    # The first caller goes alone; the 19 that arrived while it was out go in one call.
-    assert [len(c) for c in recorder.calls] == [2, 38]
+    # The first caller goes alone; the 19 that arrived while it was out (38 queries) go in two
+    # calls of at most half of the 40 queries in play: 10 callers, then the other 9.
+    assert [len(c) for c in recorder.calls] == [2, 20, 18]
+
+
+class Gate:
+    """A stand-in for the hop whose calls come back only when the test opens them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], asyncio.Event]] = []
+        self.woken_at_call: list[int] = []  # callers already woken when each call started
+        self.woken = 0
+
+    async def __call__(self, queries: list[int]) -> list[int]:
+        opened = asyncio.Event()
+        self.calls.append((queries, opened))
+        self.woken_at_call.append(self.woken)
+        await opened.wait()
+        return queries
+
+    async def open_call(self, number: int) -> None:
+        self.calls[number][1].set()
+        for _ in range(10):  # let the answered callers and the next call run
+            await asyncio.sleep(0)
+
+
+def test_groups_stay_even_and_the_next_call_leaves_first() -> None:
+    """32 callers: one alone, then 31 that arrived while it was out. The 31 do not go in one
+    call (which would leave the next straggler alone again): 16, then 15."""
+    gate = Gate()
+
+    async def caller(coalescer: Coalescer, query: int) -> None:
+        await coalescer([query])
+        gate.woken += 1
+
+    async def main() -> None:
+        coalescer = Coalescer(gate, max_batch=64, max_in_flight=1)
+        callers = [asyncio.ensure_future(caller(coalescer, 0))]
+        await asyncio.sleep(0)
+        callers += [asyncio.ensure_future(caller(coalescer, q)) for q in range(1, 32)]
+        await asyncio.sleep(0)
+        for number in range(3):
+            await gate.open_call(number)
+        await asyncio.gather(*callers)
+
+    run(main())
+    assert [len(queries) for queries, _ in gate.calls] == [1, 16, 15]
+    # Each call left before the callers of the call answered just before it were woken.
+    assert gate.woken_at_call == [0, 0, 1]
 
 
 def test_one_caller_is_sent_at_once() -> None:

@@ -4,23 +4,39 @@ The Embedder batches whatever reaches it, but each HTTP call to it still costs a
 worth of parsing, dispatching and answering on both sides of the hop. Under load the entry
 service therefore sends the queries that wait while earlier calls are out together, in one
 call (natural batching: nothing waits for a batch to fill, so one client pays no delay).
+
+Under steady load the two services form a pipeline of two stages: while the Embedder works on
+one group of queries, the entry service turns the previous group's answers into responses and
+reads those clients' next requests. Two things keep both stages busy:
+- a call that follows an answered call takes at most half of the queries in play (waiting, plus
+  those just answered), so the two groups stay even. Without this limit a straggler that
+  arrived while a call was out went alone next, and the rest of the clients waited for it:
+  calls of 1 and 31 queries in turn at 32 clients (docs/performance.md, round 4);
+- the next call leaves before the callers of the answered one are woken up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Query = TypeVar("Query")
 Answer = TypeVar("Answer")
+Batch = list[tuple[list[Query], "asyncio.Future[list[Answer]]"]]
+
+# Event-loop turns given to the next call, so that its request is written (aiohttp writes a
+# body in a task of its own) before the callers just answered build their responses.
+HANDOVER_TURNS = 2
 
 
 class Coalescer(Generic[Query, Answer]):
     """`await coalescer(queries)` answers like `call(queries)`, but at most `max_in_flight`
     calls run at once; the queries of the callers waiting meanwhile go out together in the
-    next call, up to `max_batch` queries per call (a caller with more goes alone)."""
+    next call, up to `max_batch` queries per call (a caller with more goes alone) and, after an
+    answered call, up to half of the queries in play."""
 
     def __init__(
         self,
@@ -38,15 +54,22 @@ class Coalescer(Generic[Query, Answer]):
         self._send_waiting()
         return await future
 
-    def _send_waiting(self) -> None:
+    def _send_waiting(self, answered: int = 0) -> None:
+        """Send calls while fewer than `max_in_flight` are out; `answered`: the queries of the
+        call that just came back (0 for a new caller)."""
         while self._in_flight < self.max_in_flight and self._next_waiting():
+            limit = self.max_batch
+            if answered:
+                in_play = answered + sum(len(queries) for queries, _ in self._waiting)
+                limit = min(limit, math.ceil(in_play / 2))
             batch = [self._waiting.popleft()]
             size = len(batch[0][0])
-            while self._next_waiting() and size + len(self._waiting[0][0]) <= self.max_batch:
+            while self._next_waiting() and size + len(self._waiting[0][0]) <= limit:
                 size += len(self._waiting[0][0])
                 batch.append(self._waiting.popleft())
             self._in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
+            answered = 0
 
     def _next_waiting(self) -> bool:
         """Whether a caller waits; callers that have gone (client disconnected) are dropped."""
@@ -54,28 +77,41 @@ class Coalescer(Generic[Query, Answer]):
             self._waiting.popleft()
         return bool(self._waiting)
 
-    async def _send(self, batch: list[tuple[list[Query], asyncio.Future[list[Answer]]]]) -> None:
+    async def _send(self, batch: Batch) -> None:
         queries = [q for waiting, _ in batch for q in waiting]
         try:
             answers = list(await self.call(queries))
             if len(answers) != len(queries):
                 raise RuntimeError(f"{len(answers)} answers to {len(queries)} queries")
         except BaseException as error:  # every caller of this call gets the error
-            for _, future in batch:
-                if future.done():  # the caller has gone (client disconnected)
-                    continue
-                if isinstance(error, Exception):
-                    future.set_exception(error)
-                else:
-                    future.cancel()
+            self._in_flight -= 1
+            self._send_waiting(answered=len(queries))
+            _fail(batch, error)
             if not isinstance(error, Exception):
                 raise
-        else:
-            start = 0
-            for waiting, future in batch:
-                if not future.done():
-                    future.set_result(answers[start : start + len(waiting)])
-                start += len(waiting)
+            return
+        self._in_flight -= 1
+        self._send_waiting(answered=len(queries))
+        try:
+            for _ in range(HANDOVER_TURNS):
+                await asyncio.sleep(0)
         finally:
-            self._in_flight -= 1
-            self._send_waiting()
+            _answer(batch, answers)
+
+
+def _answer(batch: Batch, answers: list[Answer]) -> None:
+    start = 0
+    for waiting, future in batch:
+        if not future.done():  # done: the caller has gone (client disconnected)
+            future.set_result(answers[start : start + len(waiting)])
+        start += len(waiting)
+
+
+def _fail(batch: Batch, error: BaseException) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if isinstance(error, Exception):
+            future.set_exception(error)
+        else:
+            future.cancel()
