@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from training.config import load_service_config
+
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "benchmarks" / "serving_wrk.lua"
 DOC = ROOT / "docs" / "performance.md"
@@ -459,13 +461,13 @@ def machine_info(load_before: tuple[float, float, float]) -> dict[str, str]:
 
 
 def service_settings() -> str:
-    settings = yaml.safe_load((ROOT / "configs" / "service.yaml").read_text())
-    batching = settings.get("batching", {})
+    settings = load_service_config()
     return (
-        f"workers {settings.get('workers')} (+1 Embedder), torch_threads "
-        f"{settings.get('torch_threads')}, faiss_threads {settings.get('faiss_threads')}, "
-        f"batching max_batch_size {batching.get('max_batch_size')} / max_latency_ms "
-        f"{batching.get('max_latency_ms')}"
+        f"workers {settings.workers} (+1 Embedder), torch_threads {settings.torch_threads}, "
+        f"faiss_threads {settings.faiss_threads}, trace_recommend {settings.trace_recommend}, "
+        f"batching max_batch_size {settings.batching.max_batch_size} / max_latency_ms "
+        f"{settings.batching.max_latency_ms}, embedder max_calls_in_flight "
+        f"{settings.embedder.max_calls_in_flight}"
     )
 
 

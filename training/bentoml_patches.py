@@ -42,7 +42,7 @@ def inner_service_config(*routes: str) -> dict:
         "runner_connection": NO_RECYCLING,
         "logging": {"access": {"enabled": False}},
         "metrics": {"enabled": False},
-        "tracing": {"excluded_urls": list(routes)},
+        **untraced_routes_config(*routes),
     }
 
 
