@@ -609,8 +609,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     started, load_before = time.monotonic(), os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="gamerec-serving-"))
-    settings = yaml.safe_load((ROOT / "configs" / "service.yaml").read_text())
-    peer = args.peer_workers or settings["workers"] + 1  # entry workers + the Embedder's one
+    peer = args.peer_workers or load_service_config().workers + 1  # entry workers + Embedder
     finished = False
     try:
         sections = []
