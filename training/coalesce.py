@@ -79,19 +79,20 @@ class Coalescer(Generic[Query, Answer]):
 
     async def _send(self, batch: Batch) -> None:
         queries = [q for waiting, _ in batch for q in waiting]
+        failure: BaseException | None = None
         try:
             answers = list(await self.call(queries))
             if len(answers) != len(queries):
                 raise RuntimeError(f"{len(answers)} answers to {len(queries)} queries")
         except BaseException as error:  # every caller of this call gets the error
-            self._in_flight -= 1
-            self._send_waiting(answered=len(queries))
-            _fail(batch, error)
-            if not isinstance(error, Exception):
-                raise
-            return
+            failure = error
         self._in_flight -= 1
         self._send_waiting(answered=len(queries))
+        if failure is not None:
+            _fail(batch, failure)
+            if not isinstance(failure, Exception):
+                raise failure
+            return
         try:
             for _ in range(HANDOVER_TURNS):
                 await asyncio.sleep(0)
