@@ -3,6 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GAMEREC := $(VENV)/bin/gamerec
 SHARED := ../shared/data
+# The quick start's data set and training budget (measured in README, "Quick start").
+QUICK_USERS := 5000
+QUICK_GAMES := 1000
+QUICK_TRAIN := train.epochs=15
 
 .PHONY: install synth steam train index evaluate serve build dashboard test test-fast lint quickstart \
 	image image-smoke
@@ -47,14 +51,20 @@ image: install
 image-smoke: install
 	BENTOML=$(VENV)/bin/bentoml PYTHON=$(PY) scripts/image.sh smoke $(IMAGE)
 
-# The README's first command: synthetic data, train, save to the model store, serve.
-quickstart: install synth train serve
+# The README's first command: a small synthetic data set, a short training run (the quick
+# start's only: `make synth train` is the full default), save to the model store, serve.
+quickstart: install
+	$(GAMEREC) data synth --users $(QUICK_USERS) --games $(QUICK_GAMES)
+	$(GAMEREC) train $(foreach s,$(QUICK_TRAIN),--set $(s))
+	$(VENV)/bin/bentoml serve service:GameRec --port $(or $(PORT),3000)
 
+# Every tier, the 15 slowest tests named at the end (what CI runs).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
+# Unit tests and the integration tests that start no server.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q tests/unit tests/integration -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -3,13 +3,12 @@
 For each index type (and a few search settings) it measures build time, recall@10 against exact
 search, batched query time and serialized size, prints a table and saves a recall-vs-time plot.
 
-    python benchmarks/index_recall.py --items 100000 --dim 64 --queries 1000
+    python -m benchmarks.index_recall --items 100000 --dim 64 --queries 1000
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # let the script run without installing the project
-    sys.path.insert(0, str(ROOT))
+from index.build import build_index, measure_recall, plan_index
+from index.config import IndexConfig
 
-from index.build import build_index, measure_recall, plan_index  # noqa: E402
-from training.config import IndexConfig  # noqa: E402
-
+PLOT = Path(__file__).resolve().parents[1] / "docs" / "index_recall.png"
 # Search settings tried on each built index: (faiss parameter name, values).
 SWEEPS: dict[str, tuple[str, list[int]]] = {
     "flat": ("", [0]),
@@ -182,7 +178,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=1.0, help="noise norm around a centre")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="faiss threads; 0 = faiss default")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "index_recall.png")
+    parser.add_argument("--plot", type=Path, default=PLOT)
     return parser.parse_args()
 
 

@@ -4,7 +4,8 @@ worker process, the user tower and the FAISS search run per request (no batching
     GAMEREC_MODEL_TAG=gamerec:latest python -m benchmarks.peer_fastapi --port 3001 --workers 2
 
 It loads the same stored model and answers `POST /recommend` with the same validation and the
-same response as `service.py`, so that the benchmark compares serving designs, not features.
+same request path as `service.py` (`serving.orchestration.recommend`), so that the benchmark
+compares serving designs, not features: only where the user tower and FAISS run differs.
 
 Why a launcher instead of `uvicorn --workers N`: uvicorn's workers get the listening socket
 through `socket.fromfd`, whose protocol number is 0, and asyncio only sets TCP_NODELAY on
@@ -16,45 +17,41 @@ with 1). Here the parent binds an IPPROTO_TCP socket and forks the workers, whic
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
 
-import faiss
-import torch
 import uvicorn
 from fastapi import FastAPI
 
-from training.config import load_service_config
-from training.recommender import Recommender
-from training.serving import Catalog, RecommendRequest, RecommendResponse, shape_response
+from serving.orchestration import ServedModel, load_recommender, rank_queries, recommend
+from serving.recommender import ModelVersions
+from serving.schemas import RankedPositions, RecommendRequest, RecommendResponse, UserQuery
+from serving.settings import service_settings
 
-SETTINGS = load_service_config()
-torch.set_num_threads(SETTINGS.torch_threads)
-faiss.omp_set_num_threads(SETTINGS.faiss_threads)
-RECOMMENDER = Recommender.from_store(os.environ.get("GAMEREC_MODEL_TAG", SETTINGS.model_tag))
-CATALOG = Catalog(RECOMMENDER.artifacts)
+SETTINGS = service_settings()
+SERVED = ServedModel.of(load_recommender(SETTINGS.model_tag, SETTINGS))
+# The one version this process serves, whatever tag a query names.
+VERSIONS = ModelVersions(lambda _: SERVED.recommender, keep=SETTINGS.model_versions_kept)
 
 app = FastAPI(title="GameRec peer: FastAPI, per-request inference")
 
 
 @app.get("/readyz")
 def readyz() -> dict[str, str]:
-    return {"status": "ready", "model": RECOMMENDER.artifacts.tag}
+    return {"status": "ready", "model": SERVED.tag}
+
+
+async def rank_here(queries: list[UserQuery]) -> list[RankedPositions]:
+    """The user tower and FAISS in this process, for this request alone (no batching, no hop),
+    in a worker thread as FastAPI runs a blocking handler."""
+    return await asyncio.to_thread(rank_queries, VERSIONS, queries, SETTINGS.faiss_threads)
 
 
 @app.post("/recommend")
-def recommend(request: RecommendRequest) -> RecommendResponse:
-    user = RECOMMENDER.encode([request.record()])[0]
-    excluded = CATALOG.positions(request.exclude_games)
-    if request.only_genres:
-        excluded |= CATALOG.outside_genres(request.only_genres)
-    cold_start = len(user.games) == 0
-    if cold_start:
-        ranked = CATALOG.popular(request.top_k, excluded, request.genres)
-    else:
-        ranked = RECOMMENDER.top_k([user], request.top_k, [excluded])[0]
-    return shape_response(request, user, ranked, cold_start, CATALOG, RECOMMENDER.artifacts.tag)
+async def recommend_one(request: RecommendRequest) -> RecommendResponse:
+    return (await recommend(SERVED, [request], rank_here))[0]
 
 
 def main() -> None:

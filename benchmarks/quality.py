@@ -1,7 +1,7 @@
 """Recommendation quality on the real Steam data: two-tower against the baselines, over seeds.
 
-    python benchmarks/quality.py                      # 3 seeds, writes docs/quality.{md,png}
-    python benchmarks/quality.py --seeds 1 --no-doc   # a quick look
+    python -m benchmarks.quality                      # 3 seeds, writes docs/quality.{md,png}
+    python -m benchmarks.quality --seeds 1 --no-doc   # a quick look
 
 Each seed draws a new split of held-out players and trains anew. Every method sees the same
 split: popularity, item-kNN (cosine), EASE (λ tuned on the validation players), ALS from the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.config import TrainingSettings, load_training_config  # noqa: E402
-from training.data.io import Dataset, load_dataset, write_dataset  # noqa: E402
-from training.data.steam import import_steam200k  # noqa: E402
-from training.evaluate import (  # noqa: E402
+from training.config import TrainingSettings, load_training_config
+from training.data.io import Dataset, load_dataset, write_dataset
+from training.data.steam import import_steam200k
+from training.evaluate import (
     Split,
     ease_scorer,
     item_knn_scorer,
@@ -35,9 +32,10 @@ from training.evaluate import (  # noqa: E402
     train_matrix,
     tune_ease,
 )
-from training.features import Histories, Vocabulary, catalog_items  # noqa: E402
-from training.report import chart_png  # noqa: E402
-from training.train import tower_scorer, train_two_tower  # noqa: E402
+from training.features import Vocabulary, catalog_items
+from training.histories import Histories
+from training.report import chart_png
+from training.train import tower_scorer, train_two_tower
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -51,7 +49,7 @@ def load_steam(plays: Path, games: Path) -> tuple[Dataset, Vocabulary, Histories
         interactions, catalog, report = import_steam200k(plays, games)
         write_dataset(interactions, catalog, Path(tmp), name="steam200k", report=report)
         dataset = load_dataset(Path(tmp))
-    vocab = Vocabulary.from_catalog(dataset.games)
+    vocab = Vocabulary.from_games_table(dataset.games_table)
     return dataset, vocab, Histories.from_interactions(dataset.interactions, vocab)
 
 
@@ -62,16 +60,16 @@ def timed(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
 
 
 def one_seed(settings: TrainingSettings, histories: Histories, vocab: Vocabulary,
-             games, seed: int) -> dict[str, dict[str, float]]:  # noqa: ANN001 - a DataFrame
+             games, seed: int) -> dict[str, dict[str, float]]:
     settings = settings.model_copy(update={
         "split": settings.split.model_copy(update={"seed": seed}),
         "train": settings.train.model_copy(update={"seed": seed}),
     })
     split: Split = split_users(histories, settings.split)
-    n_games, ks = len(vocab.games), settings.eval.ks
+    n_games, ks = len(vocab.game_ids), settings.eval.ks
     train = train_matrix(histories, split.train_users, n_games)
 
-    def metrics(scorer) -> dict[str, float]:  # noqa: ANN001
+    def metrics(scorer) -> dict[str, float]:
         return ranking_metrics(scorer, histories, split.test, ks)
 
     def ease() -> dict[str, float]:
@@ -81,7 +79,7 @@ def one_seed(settings: TrainingSettings, histories: Histories, vocab: Vocabulary
     def two_tower() -> dict[str, float]:
         trained = train_two_tower(histories, split, vocab, games, settings, progress=False)
         items = catalog_items(games, vocab, settings.features)
-        return metrics(tower_scorer(trained.model, histories, split.test, items, settings))
+        return metrics(tower_scorer(trained.towers, histories, split.test, items, settings))
 
     table = {
         "popularity": timed(lambda: metrics(popularity_scorer(train))),
@@ -95,7 +93,7 @@ def one_seed(settings: TrainingSettings, histories: Histories, vocab: Vocabulary
     return table
 
 
-def als_row(histories: Histories, split: Split, train, metrics) -> dict[str, float] | None:  # noqa: ANN001
+def als_row(histories: Histories, split: Split, train, metrics) -> dict[str, float] | None:
     """ALS from `implicit`, folding the test players in from their inputs (optional)."""
     try:
         from implicit.als import AlternatingLeastSquares
@@ -109,7 +107,7 @@ def als_row(histories: Histories, split: Split, train, metrics) -> dict[str, flo
         model.fit(train, show_progress=False)
         items = np.asarray(model.item_factors)
 
-        def score(eval_set, rows: slice) -> np.ndarray:  # noqa: ANN001
+        def score(eval_set, rows: slice) -> np.ndarray:
             inputs = input_matrix(histories, eval_set, rows, train.shape[1])
             users = model.recalculate_user(np.arange(inputs.shape[0]), inputs)
             return np.asarray(users) @ items.T
@@ -169,7 +167,7 @@ def main() -> None:
     seeds = [settings.split.seed + i for i in range(args.seeds)]
     runs = []
     for seed in seeds:
-        runs.append(one_seed(settings, histories, vocab, dataset.games, seed))
+        runs.append(one_seed(settings, histories, vocab, dataset.games_table, seed))
         print(f"seed {seed}: " + ", ".join(
             f"{m} R@10 {row['recall@10']:.4f}" for m, row in runs[-1].items()), flush=True)
     summary = summarize(runs)

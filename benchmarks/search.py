@@ -1,7 +1,7 @@
 """Hyperparameter search for the two-tower on the real Steam data, scored on validation players.
 
-    python benchmarks/search.py                                  # the grid in configs/search.yaml
-    python benchmarks/search.py --set model.embedding_dim=128    # one trial on top of the default
+    python -m benchmarks.search                                  # the grid in configs/search.yaml
+    python -m benchmarks.search --set model.embedding_dim=128    # one trial on top of the default
 
 Every trial trains on the training players of the default split and is scored on the
 validation players only (never on test players: the test table is benchmarks/quality.py).
@@ -14,7 +14,6 @@ that people read).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,46 +21,26 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from quality import SHARED, load_steam  # noqa: E402
-
-from training.config import TrainingSettings, load_training_config  # noqa: E402
-from training.evaluate import (  # noqa: E402
+from benchmarks.quality import SHARED, load_steam
+from training.config import (
+    TrainingSettings,
+    load_training_config,
+    parse_override,
+    with_overrides,
+)
+from training.evaluate import (
     ease_scorer,
     ranking_metrics,
     split_users,
     train_matrix,
     tune_ease,
 )
-from training.features import catalog_items  # noqa: E402
-from training.report import format_table  # noqa: E402
-from training.train import tower_scorer, train_two_tower  # noqa: E402
+from training.features import catalog_items
+from training.report import format_table
+from training.train import tower_scorer, train_two_tower
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@10", "ndcg@10", "recall@50")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set expects section.field=value, got {text!r}")
-    return key, yaml.safe_load(value)
-
-
-def with_overrides(settings: TrainingSettings, overrides: dict[str, Any]) -> TrainingSettings:
-    """The settings with dotted overrides applied, validated like the config file."""
-    data = settings.model_dump()
-    for key, value in overrides.items():
-        *path, leaf = key.split(".")
-        node = data
-        for part in path:
-            node = node[part]
-        if leaf not in node:
-            raise SystemExit(f"unknown setting {key!r}")
-        node[leaf] = value
-    return TrainingSettings.model_validate(data)
 
 
 def trial(settings: TrainingSettings, data: tuple) -> dict[str, float]:
@@ -69,24 +48,36 @@ def trial(settings: TrainingSettings, data: tuple) -> dict[str, float]:
     dataset, vocab, histories = data
     split = split_users(histories, settings.split)
     started = time.perf_counter()
-    trained = train_two_tower(histories, split, vocab, dataset.games, settings, progress=False)
-    items = catalog_items(dataset.games, vocab, settings.features)
-    scorer = tower_scorer(trained.model, histories, split.validation, items, settings)
+    trained = train_two_tower(
+        histories, split, vocab, dataset.games_table, settings, progress=False
+    )
+    items = catalog_items(dataset.games_table, vocab, settings.features)
+    scorer = tower_scorer(trained.towers, histories, split.validation, items, settings)
     row = ranking_metrics(scorer, histories, split.validation, settings.eval.ks)
-    return {**{m: row[m] for m in METRICS}, "best epoch": trained.best_epoch,
-            "seconds": round(time.perf_counter() - started)}
+    return {
+        **{m: row[m] for m in METRICS},
+        "best epoch": trained.best_epoch,
+        "seconds": round(time.perf_counter() - started),
+    }
 
 
-def run_trials(base: TrainingSettings, trials: dict[str, dict[str, Any]], data: tuple,
-               jobs: int) -> dict[str, dict[str, float]]:
+def run_trials(
+    base: TrainingSettings, trials: dict[str, dict[str, Any]], data: tuple, jobs: int
+) -> dict[str, dict[str, float]]:
     settings = {name: with_overrides(base, o) for name, o in trials.items()}
     results: dict[str, dict[str, float]] = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = {name: pool.submit(trial, s, data) for name, s in settings.items()}
         for name, future in futures.items():
             results[name] = future.result()
-            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in results[name].items()), flush=True)
+            print(
+                f"{name}: "
+                + ", ".join(
+                    f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in results[name].items()
+                ),
+                flush=True,
+            )
     return results
 
 
@@ -94,28 +85,38 @@ def ease_reference(settings: TrainingSettings, data: tuple) -> dict[str, float]:
     """EASE with λ tuned on the same validation players: the bar to clear."""
     _, vocab, histories = data
     split = split_users(histories, settings.split)
-    train = train_matrix(histories, split.train_users, len(vocab.games))
+    train = train_matrix(histories, split.train_users, len(vocab.game_ids))
     lam, weights = tune_ease(histories, train, split.validation, settings.eval.ease_lambdas)
-    row = ranking_metrics(ease_scorer(histories, weights), histories, split.validation,
-                          settings.eval.ks)
+    row = ranking_metrics(
+        ease_scorer(histories, weights), histories, split.validation, settings.eval.ks
+    )
     return {**{m: row[m] for m in METRICS}, "best epoch": f"λ={lam:g}", "seconds": 0}
 
 
-def write_doc(results: dict[str, dict[str, float]], trials: dict[str, dict[str, Any]],
-              out: Path, players: int) -> None:
-    best = max((n for n in results if n in trials),
-               key=lambda n: results[n]["recall@10"] + results[n]["ndcg@10"])
-    lines = ["# Hyperparameter search (benchmarks/search.py)", "",
-             f"Validation players of the default split ({players}); the best trial by "
-             "Recall@10 + NDCG@10 is marked. Grid: `configs/search.yaml`.", "",
-             "| trial | overrides | " + " | ".join(METRICS) + " | best epoch | s |",
-             "| --- | --- |" + " ---: |" * (len(METRICS) + 2)]
+def write_doc(
+    results: dict[str, dict[str, float]], trials: dict[str, dict[str, Any]], out: Path, players: int
+) -> None:
+    best = max(
+        (n for n in results if n in trials),
+        key=lambda n: results[n]["recall@10"] + results[n]["ndcg@10"],
+    )
+    lines = [
+        "# Hyperparameter search (benchmarks/search.py)",
+        "",
+        f"Validation players of the default split ({players}); the best trial by "
+        "Recall@10 + NDCG@10 is marked. Grid: `configs/search.yaml`.",
+        "",
+        "| trial | overrides | " + " | ".join(METRICS) + " | best epoch | s |",
+        "| --- | --- |" + " ---: |" * (len(METRICS) + 2),
+    ]
     for name, row in results.items():
         overrides = ", ".join(f"`{k}={v}`" for k, v in trials.get(name, {}).items()) or "-"
         mark = "**" if name == best else ""
         cells = " | ".join(f"{mark}{row[m]:.4f}{mark}" for m in METRICS)
-        lines.append(f"| {mark}{name}{mark} | {overrides} | {cells} | {row['best epoch']} "
-                     f"| {row['seconds']} |")
+        lines.append(
+            f"| {mark}{name}{mark} | {overrides} | {cells} | {row['best epoch']} "
+            f"| {row['seconds']} |"
+        )
     (out / "search.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -125,8 +126,13 @@ def main() -> None:
     parser.add_argument("--games", type=Path, default=SHARED / "steam-games.parquet")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "training.yaml")
     parser.add_argument("--grid", type=Path, default=ROOT / "configs" / "search.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="run one trial with these overrides instead of the grid")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="run one trial with these overrides instead of the grid",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="trials in parallel")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()

@@ -10,9 +10,9 @@ alike; then prints rps, p50, p99 and errors side by side with the ratio ours/pee
 the tables to docs/performance.md. A soak run (64 clients, minutes) reports errors and the
 growth of the service's resident memory.
 
-    python benchmarks/serving.py --catalog default --catalog 100k   # train both, 30 s per level
-    python benchmarks/serving.py --model gamerec:latest --duration 10   # an existing model
-    python benchmarks/serving.py --catalog default --soak 300 --clients 64
+    python -m benchmarks.serving --catalog default --catalog 100k   # train both, 30 s per level
+    python -m benchmarks.serving --model gamerec:latest --duration 10   # an existing model
+    python -m benchmarks.serving --catalog default --soak 300 --clients 64
 
 Needs wrk (`apt-get install -y wrk`). wrk and the servers share this machine's cores.
 """
@@ -28,7 +28,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from training.config import load_service_config
+from serving.settings import load_service_settings
+from tests.servers import free_port, running_process, tree_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "benchmarks" / "serving_wrk.lua"
@@ -58,7 +57,7 @@ CLIENTS = (1, 8, 32, 64)
 CATALOGS = {
     "default": (20_000, 5_000, {}),
     # Steam-store scale: the sampled-softmax regime; a few epochs, the benchmark is about serving.
-    "100k": (30_000, 100_000, {"train": {"epochs": 2, "patience": 2}}),
+    "100k": (30_000, 100_000, {"train.epochs": 2, "train.patience": 2}),
 }
 START_MARK, END_MARK = "<!-- serving-benchmark:start -->", "<!-- serving-benchmark:end -->"
 # Server log exceptions counted per level: short name -> the exception line's text.
@@ -157,16 +156,11 @@ def train_catalog(name: str, workdir: Path, env: dict[str, str]) -> None:
     """`gamerec data synth` and `gamerec train` into the store env["BENTOML_HOME"]."""
     users, games, overrides = CATALOGS[name]
     data_dir = workdir / "data"
-    config = yaml.safe_load((ROOT / "configs" / "training.yaml").read_text())
-    config["data"]["processed_dir"] = str(data_dir)
-    for section, values in overrides.items():
-        config[section].update(values)
-    config_path = workdir / "training.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    settings = {"data.processed_dir": data_dir, **overrides}
     for command in (
         [str(GAMEREC), "data", "synth", "--users", str(users), "--games", str(games),
          "--out", str(data_dir)],
-        [str(GAMEREC), "train", "--config", str(config_path), "--quiet"],
+        [str(GAMEREC), "train", "--quiet", *(f"--set={k}={v}" for k, v in settings.items())],
     ):  # fmt: skip
         print("$", " ".join(command), flush=True)
         subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=7200)
@@ -176,7 +170,7 @@ def load_catalog(tag: str, bentoml_home: str) -> tuple[str, pd.DataFrame]:
     """The concrete model tag and its catalog, read in a subprocess (the store varies)."""
     code = (
         "import sys; from training.store import load_model; "
-        "a = load_model(sys.argv[1]); print(a.tag); a.catalog.to_parquet(sys.argv[2])"
+        "a = load_model(sys.argv[1]); print(a.tag); a.games_table.to_parquet(sys.argv[2])"
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "catalog.parquet"
@@ -246,12 +240,6 @@ def write_bodies(bodies: list[dict], path: Path) -> None:
 # --- the servers ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def http(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -260,10 +248,6 @@ def http(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, 
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def targets(workdir: Path, peer_workers: int, with_peer: bool) -> list[Target]:
@@ -291,61 +275,8 @@ def targets(workdir: Path, peer_workers: int, with_peer: bool) -> list[Target]:
 def serve(target: Target, url: str, env: dict[str, str], ready_timeout: int) -> Iterator[int]:
     """Run the target until the block ends; yields its process id once /readyz answers 200."""
     print("$", " ".join(target.command), flush=True)
-    with target.log.open("wb") as out:
-        process = subprocess.Popen(
-            target.command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"exited ({process.returncode}):\n{log_tail(target.log)}")
-            with contextlib.suppress(OSError):
-                if http(f"{url}/readyz", timeout=2)[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {ready_timeout} s:\n{log_tail(target.log)}")
-            time.sleep(1)
-        yield process.pid
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL it if still there after 20 s."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):  # workers left behind by a crashed parent
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def tree_rss_mib(root: int) -> float:
-    """Resident memory of a process and all its descendants (BentoML workers get their own
-    session, so the process group would miss them)."""
-    parents, rss_kib = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError, StopIteration):
-            status = (entry / "status").read_text().splitlines()
-            fields = dict(line.split(":", 1) for line in status if ":" in line)
-            pid = int(entry.name)
-            parents[pid] = int(fields["PPid"])
-            rss_kib[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
-    tree, frontier = {root}, [root]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier and p not in tree]
-        tree.update(children)
-        frontier = children
-    return sum(rss_kib.get(p, 0) for p in tree) / 1024
+    with running_process(target.command, f"{url}/readyz", env, target.log, ready_timeout) as p:
+        yield p.pid
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -407,7 +338,7 @@ class Soak:
         return self.rss_mib[-1][1] / self.rss_mib[0][1] - 1
 
 
-def soak(url: str, pid: int, bodies: Path, clients: int, seconds: int, args, log: Path) -> Soak:  # noqa: ANN001
+def soak(url: str, pid: int, bodies: Path, clients: int, seconds: int, args, log: Path) -> Soak:
     """wrk for `seconds` while the server's resident memory is sampled every 5 s."""
     samples: list[tuple[float, float]] = []
     stop_sampling = threading.Event()
@@ -461,7 +392,7 @@ def machine_info(load_before: tuple[float, float, float]) -> dict[str, str]:
 
 
 def service_settings() -> str:
-    settings = load_service_config()
+    settings = load_service_settings()
     return (
         f"workers {settings.workers} (+1 Embedder), torch_threads {settings.torch_threads}, "
         f"faiss_threads {settings.faiss_threads}, trace_recommend {settings.trace_recommend}, "
@@ -532,7 +463,7 @@ def catalog_section(
 def report(sections: list[str], info: dict[str, str], args: argparse.Namespace, peer: int) -> str:
     return "\n".join([
         f"Measured {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by "
-        f"`python benchmarks/serving.py {shlex.join(sys.argv[1:])}`.",
+        f"`python -m benchmarks.serving {shlex.join(sys.argv[1:])}`.",
         "",
         f"- service settings (configs/service.yaml): {service_settings()}",
         f"- peer: `benchmarks/peer_fastapi.py` under uvicorn, {peer} worker processes",
@@ -609,7 +540,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     started, load_before = time.monotonic(), os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="gamerec-serving-"))
-    peer = args.peer_workers or load_service_config().workers + 1  # entry workers + Embedder
+    peer = args.peer_workers or load_service_settings().workers + 1  # entry workers + Embedder
     finished = False
     try:
         sections = []

@@ -8,8 +8,6 @@ The Players page reads the processed data set ($GAMEREC_DATA_DIR, default data/p
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -18,14 +16,10 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
-    sys.path.insert(0, ROOT)
+from dashboard import players
+from dashboard.client import JSON, GameRecClient, ServiceError
+from dashboard.settings import dashboard_settings
 
-from dashboard import players  # noqa: E402
-from dashboard.client import DEFAULT_URL, JSON, GameRecClient, ServiceError  # noqa: E402
-
-URL_ENV = "GAMEREC_API_URL"
 SCORE = st.column_config.NumberColumn("score", format="%.3f")
 MINUTES = st.column_config.NumberColumn("minutes", format="%.0f")
 HISTORY_COLUMNS = ["title", "recommended at", "held out", "minutes", "achievements", "genres"]
@@ -224,11 +218,11 @@ def players_page(client: GameRecClient) -> None:
         "A real player of the data set: hold out some of their games, send the rest, and see "
         "whether the model finds the held-out ones."
     )
-    folder = players.data_dir()
+    folder = dashboard_settings().data_dir
     if missing := players.missing_files(folder):
         st.warning(
             f"No processed data set in `{folder}` (missing {', '.join(missing)}). Create one with "
-            f"`make synth` or `make steam`, or set {players.DATA_DIR_ENV} to its folder."
+            f"`make synth` or `make steam`, or set GAMEREC_DATA_DIR to its folder."
         )
         return
     data = player_data(str(folder), (folder / players.INTERACTIONS_FILE).stat().st_mtime)
@@ -358,9 +352,7 @@ def main() -> None:
     st.set_page_config(page_title="GameRec", page_icon="🎮", layout="wide")
     st.sidebar.title("GameRec")
     page = st.sidebar.radio("Page", list(PAGES), key="page")
-    url = st.sidebar.text_input(
-        "Service URL", value=os.environ.get(URL_ENV) or DEFAULT_URL, key="api_url"
-    )
+    url = st.sidebar.text_input("Service URL", value=dashboard_settings().api_url, key="api_url")
     st.sidebar.caption("Every answer comes from the GameRec HTTP service at this address.")
     try:
         PAGES[page](GameRecClient(url))

@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 
-DEFAULT_URL = "http://localhost:3000"
 TIMEOUT_SECONDS = 10.0
 
 JSON = dict[str, Any]
@@ -23,7 +22,7 @@ class ServiceError(Exception):
 class GameRecClient:
     """Calls of the GameRec HTTP API; each returns the decoded JSON answer."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = TIMEOUT_SECONDS) -> None:
+    def __init__(self, base_url: str, timeout: float = TIMEOUT_SECONDS) -> None:
         self.base_url = base_url.strip().rstrip("/")
         self.timeout = timeout
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR_ENV = "GAMEREC_DATA_DIR"
 INTERACTIONS_FILE = "interactions.parquet"
 GAMES_FILE = "games.parquet"
 INFO_FILE = "dataset.json"
@@ -23,11 +20,6 @@ class PlayerData:
     interactions: pd.DataFrame  # user_id, game_id, minutes_played, achievements
     games: pd.DataFrame  # indexed by game_id: title, genres (as "rpg, puzzle")
     name: str  # the data set's name from dataset.json, or its folder's
-
-
-def data_dir() -> Path:
-    """`$GAMEREC_DATA_DIR`, or `data/processed` under the project root."""
-    return Path(os.environ.get(DATA_DIR_ENV) or PROJECT_ROOT / "data" / "processed")
 
 
 def missing_files(folder: Path) -> list[str]:

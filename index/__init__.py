@@ -8,16 +8,18 @@ from index.build import (
     plan_index,
     sample_queries,
 )
-from index.load import read_index, search, write_index
+from index.config import IndexConfig
+from index.load import index_bytes, read_index, search
 
 __all__ = [
+    "IndexConfig",
     "IndexReport",
     "build_and_measure",
     "build_index",
+    "index_bytes",
     "measure_recall",
     "plan_index",
     "read_index",
     "sample_queries",
     "search",
-    "write_index",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from training.config import IndexConfig
+from index.config import IndexConfig
 
 # k-means wants about this many training points per centroid (faiss warns below it).
 MIN_POINTS_PER_CENTROID = 39

@@ -1,9 +1,7 @@
-"""Save, load and search FAISS indexes."""
+"""Serialize, read and search FAISS indexes."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import faiss
@@ -26,24 +24,14 @@ def _choose_kernel(n_queries: int) -> None:
     faiss.cvar.distance_compute_blas_threshold = 0 if blas else _SIMD_THRESHOLD
 
 
-def write_index(index: faiss.Index, path: Path | str) -> None:
-    """Write `index` to `path` atomically: a failed write leaves any existing file untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp_name)
-        with open(tmp_name, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+def index_bytes(index: faiss.Index) -> bytes:
+    """The index as bytes, for a file that `read_index` reads back."""
+    return faiss.serialize_index(index).tobytes()
 
 
 def read_index(path: Path | str) -> faiss.Index:
-    """Read an index written by `write_index`; a missing or corrupt file raises ValueError."""
+    """Read an index file (`index_bytes` written out); a missing or corrupt file raises
+    ValueError."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: index file not found")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="gamerec-test-bentoml-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-import pytest  # noqa: E402
+import pytest
+from pydantic import BaseModel
 
-from training.config import TrainingSettings, load_training_config  # noqa: E402
+from training.config import TrainingSettings, load_training_config, validate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -26,6 +28,12 @@ def requires_steam_data() -> pytest.MarkDecorator:
     )
 
 
+def config_section(name: str, **overrides: object) -> BaseModel:
+    """A section of configs/training.yaml (e.g. "index", "features"), with overrides, validated."""
+    section = getattr(load_training_config(), name)
+    return validate(type(section), {**section.model_dump(), **overrides}, f"{name} overrides")
+
+
 def quick_settings(processed_dir: Path, **train: object) -> TrainingSettings:
     """The project's config with a short training run (a higher learning rate makes up for it)."""
     settings = load_training_config(PROJECT_ROOT / "configs" / "training.yaml")
@@ -33,8 +41,8 @@ def quick_settings(processed_dir: Path, **train: object) -> TrainingSettings:
         update={
             "data": settings.data.model_copy(update={"processed_dir": processed_dir}),
             "train": settings.train.model_copy(
-            update={"epochs": 6, "patience": 3, "learning_rate": 5e-3, **train}
-        ),
+                update={"epochs": 6, "patience": 3, "learning_rate": 5e-3, **train}
+            ),
             "eval": settings.eval.model_copy(update={"ease_lambdas": [50.0, 200.0]}),
         }
     )
@@ -58,3 +66,17 @@ def trained(small_data: Path):
     from training.pipeline import run
 
     return run(quick_settings(small_data), progress=False, save=True)
+
+
+ADMIN_TOKEN = "test-admin-token-" + "x" * 24
+
+
+@pytest.fixture(scope="session")
+def served(trained) -> Iterator[str]:
+    """One `bentoml serve` of the trained model, shared by every test that only reads from it;
+    its URL. The admin token is set, so admin requests are checked, and no test sends it."""
+    from tests.servers import running_server
+
+    env = {"GAMEREC_MODEL_TAG": trained.tag, "GAMEREC_ADMIN_TOKEN": ADMIN_TOKEN}
+    with running_server(["service:GameRec"], env=env) as server:
+        yield server.url

@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
-from training.config import ConfigError, IndexConfig, load_training_config
+from index.config import IndexConfig
+from training.config import ConfigError, load_training_config, parse_override
 from training.schema import DataError
 
 app = typer.Typer(
@@ -23,7 +24,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Write a data set to data/processed/.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-DEFAULT_OUT = Path("data/processed")
+OUT_HELP = "output directory [default: data.processed_dir of configs/training.yaml]"
 
 
 class IndexType(StrEnum):
@@ -41,7 +42,7 @@ def clear_errors(func: _F) -> _F:
     from training.store import ModelIntegrityError
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         # OSError: a file that cannot be read or written (missing, no permission, disk full).
@@ -50,6 +51,10 @@ def clear_errors(func: _F) -> _F:
             raise typer.Exit(2) from err
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_dir(out: Path | None) -> Path:
+    return out or load_training_config().data.processed_dir
 
 
 def _report(out_dir: Path, report: dict) -> None:
@@ -63,15 +68,16 @@ def data_synth(
     users: Annotated[int, typer.Option(min=1, help="number of users")] = 20_000,
     games: Annotated[int, typer.Option(min=1, help="number of games")] = 5_000,
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
-    out: Annotated[Path, typer.Option(help="output directory")] = DEFAULT_OUT,
+    out: Annotated[Path | None, typer.Option(help=OUT_HELP)] = None,
 ) -> None:
     """Generate the seeded synthetic data set (the embedded default)."""
     from training.data.io import write_dataset
     from training.data.synthetic import generate
 
-    interactions, catalog = generate(n_users=users, n_games=games, seed=seed)
+    interactions, games_table = generate(n_users=users, n_games=games, seed=seed)
     report = {"users": users, "games": games, "seed": seed, "interactions": len(interactions)}
-    write_dataset(interactions, catalog, out, name="synthetic", report=report)
+    out = _out_dir(out)
+    write_dataset(interactions, games_table, out, name="synthetic", report=report)
     _report(out, report)
 
 
@@ -80,27 +86,38 @@ def data_synth(
 def data_steam200k(
     plays: Annotated[Path, typer.Option(help="Steam play CSV (3-column or raw Kaggle form)")],
     games: Annotated[Path | None, typer.Option(help="UCSD steam games metadata (Parquet)")] = None,
-    out: Annotated[Path, typer.Option(help="output directory")] = DEFAULT_OUT,
+    out: Annotated[Path | None, typer.Option(help=OUT_HELP)] = None,
 ) -> None:
     """Import the Steam 200k play data, joined to the UCSD game metadata by title."""
     from training.data.io import write_dataset
     from training.data.steam import import_steam200k
 
-    interactions, catalog, report = import_steam200k(plays, games)
-    write_dataset(interactions, catalog, out, name="steam200k", report=report)
+    interactions, games_table, report = import_steam200k(plays, games)
+    out = _out_dir(out)
+    write_dataset(interactions, games_table, out, name="steam200k", report=report)
     _report(out, report)
+
+
+def _latest(model: str | None) -> str:
+    """The tag asked for, or the newest version of the configured model."""
+    return model or f"{load_training_config().model_name}:latest"
 
 
 @app.command()
 @clear_errors
 def train(
     config: Annotated[Path, typer.Option(help="training config")] = Path("configs/training.yaml"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a setting: section.field=value (repeatable)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Train, evaluate against the baselines, build the index, save a new model version."""
     from training.pipeline import run, summary
 
-    result = run(load_training_config(config), progress=not quiet)
+    overrides = dict(parse_override(text) for text in set_ or [])
+    result = run(load_training_config(config, overrides), progress=not quiet)
     typer.echo(summary(result))
     typer.secho(f"saved model: {result.tag}", fg=typer.colors.GREEN)
 
@@ -108,36 +125,38 @@ def train(
 @app.command()
 @clear_errors
 def index(
-    type: Annotated[IndexType, typer.Option("--type", help="index kind")] = IndexType.flat,  # noqa: A002
-    model: Annotated[str, typer.Option(help="model tag")] = "gamerec:latest",
+    type: Annotated[IndexType, typer.Option("--type", help="index kind")] = IndexType.flat,
+    model: Annotated[str | None, typer.Option(help="model tag [default: the newest]")] = None,
 ) -> None:
     """Rebuild the index of a stored model as a new version, with its measured recall."""
-    from training.pipeline import build_index
+    from index import build_and_measure
     from training.store import load_model, save_model
 
-    artifacts = load_model(model)
+    artifacts = load_model(_latest(model))
     cfg = IndexConfig.model_validate({**artifacts.settings.index.model_dump(), "type": type.value})
-    built, report = build_index(
-        artifacts.item_embeddings, artifacts.recall_queries, cfg, artifacts.settings.train.seed
+    built, report = build_and_measure(
+        artifacts.item_embeddings, cfg, artifacts.recall_queries, artifacts.settings.train.seed
     )
     settings = artifacts.settings.model_copy(update={"index": cfg})
-    metrics = {**artifacts.metrics, "index": report}
+    metrics = {**artifacts.metrics, "index": asdict(report)}
     tag = save_model(replace(artifacts, index=built, settings=settings, metrics=metrics))
     typer.echo(
-        f"index {report['type']}: recall@10 vs exact {report['recall_at_10']:.4f}, "
-        f"built in {report['build_seconds']:.2f} s, params {report['params']}"
+        f"index {report.type}: recall@10 vs exact {report.recall_at_10:.4f}, "
+        f"built in {report.build_seconds:.2f} s, params {report.params}"
     )
     typer.secho(f"saved model: {tag}", fg=typer.colors.GREEN)
 
 
 @app.command()
 @clear_errors
-def evaluate(model: Annotated[str, typer.Option(help="model tag")] = "gamerec:latest") -> None:
+def evaluate(
+    model: Annotated[str | None, typer.Option(help="model tag [default: the newest]")] = None,
+) -> None:
     """Print the evaluation table of a stored model."""
     from training.report import format_table
     from training.store import load_model
 
-    artifacts = load_model(model)
+    artifacts = load_model(_latest(model))
     typer.echo(
         format_table(
             artifacts.metrics["evaluation"], f"{artifacts.tag} (data set: {artifacts.dataset})"

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.config import EvalConfig, SplitConfig
-from training.features import Histories
+from training.histories import Histories
 
 # Scores every catalog game for a chunk of evaluation users: (users, n_games) float32.
 Scorer = Callable[["EvalSet", slice], np.ndarray]
@@ -67,7 +67,7 @@ def _hold_out(
         order = rng.permutation(n)
         n_targets = max(1, int(round(fraction * n)))
         inputs.append(np.sort(order[n_targets:]))
-        targets.append(histories.games[histories.span(user)][np.sort(order[:n_targets])])
+        targets.append(histories.game_positions[histories.span(user)][np.sort(order[:n_targets])])
     return EvalSet(users=users, inputs=inputs, targets=targets)
 
 
@@ -82,7 +82,9 @@ def ranking_metrics(
         rows = slice(start, min(start + EVAL_CHUNK, len(eval_set)))
         scores = np.asarray(scorer(eval_set, rows), dtype=np.float32).copy()
         for i, user in enumerate(eval_set.users[rows]):
-            scores[i, histories.games[histories.span(user)][eval_set.inputs[start + i]]] = -np.inf
+            scores[
+                i, histories.game_positions[histories.span(user)][eval_set.inputs[start + i]]
+            ] = -np.inf
         top = _top_k(scores, max_k)
         for i, ranked in enumerate(top):
             targets = eval_set.targets[start + i]
@@ -106,7 +108,7 @@ def input_matrix(
 ) -> sp.csr_matrix:
     """Binary user x game matrix of the evaluation users' inputs."""
     cols = [
-        histories.games[histories.span(u)][eval_set.inputs[i]]
+        histories.game_positions[histories.span(u)][eval_set.inputs[i]]
         for i, u in zip(range(rows.start, rows.stop), eval_set.users[rows], strict=True)
     ]
     indptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
@@ -117,7 +119,7 @@ def input_matrix(
 
 def train_matrix(histories: Histories, users: np.ndarray, n_games: int) -> sp.csr_matrix:
     """Binary user x game matrix of the training users."""
-    spans = [histories.games[histories.span(u)] for u in users]
+    spans = [histories.game_positions[histories.span(u)] for u in users]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in spans])])
     data = np.ones(indptr[-1], dtype=np.float32)
     return sp.csr_matrix((data, np.concatenate(spans), indptr), shape=(len(users), n_games))

@@ -1,8 +1,11 @@
-"""Request-shaped records to model inputs: the one feature module of training and serving.
+"""Model inputs: the one feature module of training and serving (no train/serve skew).
 
 A user is what a client sends: `time_played` (game id -> minutes), `achievements`
-(game id -> count) and preferred `genres`. Training builds the same records from the play
-table (with the target game removed), so the towers see identical features in both places.
+(game id -> count) and preferred `genres`. Training builds the same features from the play
+table (`training/histories.py`, with the target games removed) through `encode_history`, so
+the towers see identical features in both places. A game is its catalog position, genres and
+tags. Positions (a game's row in the catalog, a genre's place in the vocabulary) are what the
+towers take; ids are what clients send.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ _DENSE_SCALE = np.array([1 / 5, 1 / 10, 1 / 8, 1.0], dtype=np.float32)
 class Vocabulary:
     """Positions of games, genres and tags; a game's position is its row in the catalog."""
 
-    games: list[str]
+    game_ids: list[str]
     genres: list[str]
     tags: list[str]
     game_index: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -35,18 +38,18 @@ class Vocabulary:
     tag_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "game_index", {g: i for i, g in enumerate(self.games)})
+        object.__setattr__(self, "game_index", {g: i for i, g in enumerate(self.game_ids)})
         object.__setattr__(self, "genre_index", {g: i for i, g in enumerate(self.genres)})
         object.__setattr__(self, "tag_index", {t: i for i, t in enumerate(self.tags)})
 
     @classmethod
-    def from_catalog(cls, games: pd.DataFrame) -> Vocabulary:
-        genres = sorted({g for gs in games["genres"] for g in gs})
-        tags = sorted({t for ts in games["tags"] for t in ts})
-        return cls(games=[str(g) for g in games["game_id"]], genres=genres, tags=tags)
+    def from_games_table(cls, games_table: pd.DataFrame) -> Vocabulary:
+        genres = sorted({g for gs in games_table["genres"] for g in gs})
+        tags = sorted({t for ts in games_table["tags"] for t in ts})
+        return cls(game_ids=[str(g) for g in games_table["game_id"]], genres=genres, tags=tags)
 
     def to_dict(self) -> dict[str, list[str]]:
-        return {"games": self.games, "genres": self.genres, "tags": self.tags}
+        return {"games": self.game_ids, "genres": self.genres, "tags": self.tags}
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict()), encoding="utf-8")
@@ -54,7 +57,7 @@ class Vocabulary:
     @classmethod
     def load(cls, path: Path) -> Vocabulary:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(games=raw["games"], genres=raw["genres"], tags=raw["tags"])
+        return cls(game_ids=raw["games"], genres=raw["genres"], tags=raw["tags"])
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,10 @@ class UserRecord:
 class EncodedUser:
     """One user's model inputs as positions and weights, before batching."""
 
-    games: np.ndarray  # int64 positions of played games
+    game_positions: np.ndarray  # int64 catalog positions of played games
     game_weights: np.ndarray  # float32, sum or L2 norm 1 (`history_norm`), or empty
     achievement_weights: np.ndarray  # float32 per played game, sums to 1 (or all zero)
-    genres: np.ndarray  # int64 positions of preferred genres
+    genre_positions: np.ndarray  # int64 vocabulary positions of preferred genres
     dense: np.ndarray  # float32 (N_DENSE,)
     unknown_games: tuple[str, ...] = ()
     unknown_genres: tuple[str, ...] = ()
@@ -92,14 +95,14 @@ def history_weights(minutes: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 
 def encode_history(
-    games: np.ndarray,
+    game_positions: np.ndarray,
     minutes: np.ndarray,
     achievements: np.ndarray,
-    genres: np.ndarray,
+    genre_positions: np.ndarray,
     cfg: FeatureConfig,
 ) -> EncodedUser:
     """The feature function itself: positions of played games with minutes and achievements."""
-    games = np.asarray(games, dtype=np.int64)
+    games = np.asarray(game_positions, dtype=np.int64)
     minutes = np.asarray(minutes, dtype=np.float64)
     achievements = np.asarray(achievements, dtype=np.float64)
     if len(games) > cfg.max_history:  # keep the most-played games
@@ -111,15 +114,15 @@ def encode_history(
             np.log1p(len(games)),
             np.log1p(minutes.sum()),
             np.log1p(achievements.sum()),
-            len(genres) > 0,
+            len(genre_positions) > 0,
         ],
         dtype=np.float32,
     )
     return EncodedUser(
-        games=games,
+        game_positions=games,
         game_weights=_normalized(weights, cfg.history_norm),
         achievement_weights=_normalized(np.log1p(achievements)),
-        genres=np.asarray(genres, dtype=np.int64),
+        genre_positions=np.asarray(genre_positions, dtype=np.int64),
         dense=dense * _DENSE_SCALE,
     )
 
@@ -133,10 +136,10 @@ def encode_record(record: UserRecord, vocab: Vocabulary, cfg: FeatureConfig) -> 
     known = [g for g in played if g in vocab.game_index]
     labels = [normalize_label(g) for g in record.genres]
     encoded = encode_history(
-        games=np.array([vocab.game_index[g] for g in known], dtype=np.int64),
+        game_positions=np.array([vocab.game_index[g] for g in known], dtype=np.int64),
         minutes=np.array([record.time_played.get(g, 0.0) for g in known], dtype=np.float64),
         achievements=np.array([record.achievements.get(g, 0) for g in known], dtype=np.float64),
-        genres=np.array(
+        genre_positions=np.array(
             sorted({vocab.genre_index[g] for g in labels if g in vocab.genre_index}), dtype=np.int64
         ),
         cfg=cfg,
@@ -154,11 +157,11 @@ def encode_record(record: UserRecord, vocab: Vocabulary, cfg: FeatureConfig) -> 
 class UserBatch:
     """Flat tensors for `F.embedding_bag`: a bag of games and a bag of genres per user."""
 
-    games: torch.Tensor
+    game_positions: torch.Tensor
     game_offsets: torch.Tensor
     game_weights: torch.Tensor
     achievement_weights: torch.Tensor
-    genres: torch.Tensor
+    genre_positions: torch.Tensor
     genre_offsets: torch.Tensor
     genre_weights: torch.Tensor
     dense: torch.Tensor
@@ -172,16 +175,19 @@ def _offsets(lengths: list[int]) -> torch.Tensor:
 
 
 def collate_users(users: list[EncodedUser]) -> UserBatch:
-    genre_weights = [np.full(len(u.genres), 1.0 / max(len(u.genres), 1), np.float32) for u in users]
+    genre_weights = [
+        np.full(len(u.genre_positions), 1.0 / max(len(u.genre_positions), 1), np.float32)
+        for u in users
+    ]
     return UserBatch(
-        games=torch.from_numpy(np.concatenate([u.games for u in users])),
-        game_offsets=_offsets([len(u.games) for u in users]),
+        game_positions=torch.from_numpy(np.concatenate([u.game_positions for u in users])),
+        game_offsets=_offsets([len(u.game_positions) for u in users]),
         game_weights=torch.from_numpy(np.concatenate([u.game_weights for u in users])),
         achievement_weights=torch.from_numpy(
             np.concatenate([u.achievement_weights for u in users])
         ),
-        genres=torch.from_numpy(np.concatenate([u.genres for u in users])),
-        genre_offsets=_offsets([len(u.genres) for u in users]),
+        genre_positions=torch.from_numpy(np.concatenate([u.genre_positions for u in users])),
+        genre_offsets=_offsets([len(u.genre_positions) for u in users]),
         genre_weights=torch.from_numpy(np.concatenate(genre_weights)),
         dense=torch.from_numpy(np.stack([u.dense for u in users])),
     )
@@ -189,9 +195,10 @@ def collate_users(users: list[EncodedUser]) -> UserBatch:
 
 @dataclass
 class ItemBatch:
-    """Flat tensors for the item tower: id, a bag of genres and a bag of tags per game."""
+    """Flat tensors for the item tower: catalog position, a bag of genres and a bag of tags per
+    game."""
 
-    ids: torch.Tensor
+    positions: torch.Tensor
     genres: torch.Tensor
     genre_offsets: torch.Tensor
     genre_weights: torch.Tensor
@@ -199,27 +206,9 @@ class ItemBatch:
     tag_offsets: torch.Tensor
     tag_weights: torch.Tensor
 
-    def select(self, positions: torch.Tensor) -> ItemBatch:
-        """The sub-batch of the given catalog positions (sampled training draws from here)."""
-        pos = positions.numpy()
-        genres, genre_lengths = _gather_bags(self.genres.numpy(), self.genre_offsets.numpy(), pos)
-        tags, tag_lengths = _gather_bags(self.tags.numpy(), self.tag_offsets.numpy(), pos)
-        return _item_batch(pos, genres, genre_lengths, tags, tag_lengths)
 
-
-def _gather_bags(
-    values: np.ndarray, offsets: np.ndarray, positions: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The bags at `positions` of a flat (values, offsets) bag list, flat, with their lengths."""
-    ends = np.append(offsets[1:], len(values))
-    starts, lengths = offsets[positions], ends[positions] - offsets[positions]
-    # Index of each output value: its bag's start plus its place within the bag.
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return values[np.repeat(starts, lengths) + within], lengths
-
-
-def _item_batch(
-    ids: np.ndarray,
+def item_batch(
+    positions: np.ndarray,
     genres: np.ndarray,
     genre_lengths: np.ndarray,
     tags: np.ndarray,
@@ -229,7 +218,7 @@ def _item_batch(
         return torch.from_numpy(np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32))
 
     return ItemBatch(
-        ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+        positions=torch.from_numpy(np.asarray(positions, dtype=np.int64)),
         genres=torch.from_numpy(genres.astype(np.int64)),
         genre_offsets=_offsets(list(genre_lengths)),
         genre_weights=weights(genre_lengths),
@@ -239,20 +228,17 @@ def _item_batch(
     )
 
 
-def catalog_items(games: pd.DataFrame, vocab: Vocabulary, cfg: FeatureConfig) -> ItemBatch:
+def catalog_items(games_table: pd.DataFrame, vocab: Vocabulary, cfg: FeatureConfig) -> ItemBatch:
     """Item-tower inputs for the whole catalog, in catalog order."""
-    genres = [
-        np.array([vocab.genre_index[g] for g in gs if g in vocab.genre_index], np.int64)
-        for gs in games["genres"]
-    ]
+    genres = game_genre_positions(games_table, vocab)
     tags = [
         np.array(
             [vocab.tag_index[t] for t in list(ts)[: cfg.max_item_tags] if t in vocab.tag_index],
             np.int64,
         )
-        for ts in games["tags"]
+        for ts in games_table["tags"]
     ]
-    return _item_batch(np.arange(len(games)), *_flat(genres), *_flat(tags))
+    return item_batch(np.arange(len(games_table)), *_flat(genres), *_flat(tags))
 
 
 def _flat(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -260,70 +246,9 @@ def _flat(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate(bags) if bags else np.zeros(0, np.int64)), lengths
 
 
-def game_genre_positions(vocab: Vocabulary, games: pd.DataFrame) -> list[np.ndarray]:
-    """Each catalog game's genre positions (used to derive preferred genres from a history)."""
+def game_genre_positions(games_table: pd.DataFrame, vocab: Vocabulary) -> list[np.ndarray]:
+    """Each catalog game's genre positions."""
     return [
         np.array([vocab.genre_index[g] for g in gs if g in vocab.genre_index], np.int64)
-        for gs in games["genres"]
+        for gs in games_table["genres"]
     ]
-
-
-def top_genres(
-    games: np.ndarray, weights: np.ndarray, game_genres: list[np.ndarray], n: int
-) -> np.ndarray:
-    """The `n` genres a history weights most: what a player would tick as preferred genres."""
-    if n == 0 or len(games) == 0:
-        return np.zeros(0, np.int64)
-    score: dict[int, float] = {}
-    for g, w in zip(games, weights, strict=True):
-        for genre in game_genres[g]:
-            score[int(genre)] = score.get(int(genre), 0.0) + float(w)
-    ranked = sorted(score, key=lambda k: (-score[k], k))[:n]
-    return np.array(sorted(ranked), np.int64)
-
-
-@dataclass(frozen=True)
-class Histories:
-    """All users' play histories as CSR arrays over catalog positions."""
-
-    user_ids: np.ndarray  # str, one per user
-    indptr: np.ndarray  # int64 (n_users + 1,)
-    games: np.ndarray  # int64 catalog positions
-    minutes: np.ndarray  # float64
-    achievements: np.ndarray  # float64
-
-    @classmethod
-    def from_interactions(cls, interactions: pd.DataFrame, vocab: Vocabulary) -> Histories:
-        positions = interactions["game_id"].map(vocab.game_index)
-        if positions.isna().any():
-            missing = interactions.loc[positions.isna(), "game_id"].iloc[0]
-            raise ValueError(f"game {missing!r} is played but not in the catalog")
-        frame = interactions.assign(pos=positions.astype(np.int64)).sort_values(
-            ["user_id", "pos"], kind="stable"
-        )
-        user_ids, counts = np.unique(frame["user_id"].to_numpy(dtype=str), return_counts=True)
-        return cls(
-            user_ids=user_ids,
-            indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            games=frame["pos"].to_numpy(np.int64),
-            minutes=frame["minutes_played"].to_numpy(np.float64),
-            achievements=frame["achievements"].to_numpy(np.float64),
-        )
-
-    def __len__(self) -> int:
-        return len(self.user_ids)
-
-    def span(self, user: int) -> slice:
-        return slice(self.indptr[user], self.indptr[user + 1])
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.indptr)
-
-    def encode(
-        self, user: int, keep: np.ndarray, genres: np.ndarray, cfg: FeatureConfig
-    ) -> EncodedUser:
-        """Features of the part `keep` (positions within the user's history) of a user's history."""
-        s = self.span(user)
-        return encode_history(
-            self.games[s][keep], self.minutes[s][keep], self.achievements[s][keep], genres, cfg
-        )

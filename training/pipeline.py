@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from index import build_and_measure
-from training.config import IndexConfig, TrainingSettings
+from training.config import TrainingSettings
 from training.data.io import load_dataset
 from training.evaluate import Split, baseline_table, ranking_metrics, split_users
-from training.features import Histories, Vocabulary, catalog_items
+from training.features import Vocabulary, catalog_items
+from training.histories import Histories
 from training.report import chart_png, format_table
 from training.store import ModelArtifacts, save_model
 from training.train import (
@@ -38,35 +38,33 @@ class PipelineResult:
     tag: str = ""
 
 
-def build_index(
-    embeddings: np.ndarray, queries: np.ndarray, cfg: IndexConfig, seed: int
-) -> tuple[Any, dict[str, Any]]:
-    """The index over item embeddings, with its recall@10 against exact search measured."""
-    index, report = build_and_measure(embeddings, cfg, queries[: cfg.recall_queries], seed)
-    return index, asdict(report)
-
-
-def with_popularity(games: pd.DataFrame, histories: Histories, users: np.ndarray) -> pd.DataFrame:
-    """The catalog with each game's number of training players (cold start ranks by it)."""
-    played = np.concatenate([histories.games[histories.span(u)] for u in users])
-    return games.assign(popularity=np.bincount(played, minlength=len(games)).astype(np.int64))
+def with_popularity(
+    games_table: pd.DataFrame, histories: Histories, users: np.ndarray
+) -> pd.DataFrame:
+    """The games table with each game's number of training players (cold start ranks by it)."""
+    played = np.concatenate([histories.game_positions[histories.span(u)] for u in users])
+    popularity = np.bincount(played, minlength=len(games_table)).astype(np.int64)
+    return games_table.assign(popularity=popularity)
 
 
 def run(settings: TrainingSettings, progress: bool = True, save: bool = True) -> PipelineResult:
     dataset = load_dataset(settings.data.processed_dir)
-    vocab = Vocabulary.from_catalog(dataset.games)
+    vocab = Vocabulary.from_games_table(dataset.games_table)
     histories = Histories.from_interactions(dataset.interactions, vocab)
     split = split_users(histories, settings.split)
-    trained = train_two_tower(histories, split, vocab, dataset.games, settings, progress=progress)
+    trained = train_two_tower(
+        histories, split, vocab, dataset.games_table, settings, progress=progress
+    )
 
-    items = catalog_items(dataset.games, vocab, settings.features)
-    table = baseline_table(histories, split, len(vocab.games), settings.eval)
-    scorer = tower_scorer(trained.model, histories, split.test, items, settings)
+    items = catalog_items(dataset.games_table, vocab, settings.features)
+    table = baseline_table(histories, split, len(vocab.game_ids), settings.eval)
+    scorer = tower_scorer(trained.towers, histories, split.test, items, settings)
     table[TWO_TOWER] = ranking_metrics(scorer, histories, split.test, settings.eval.ks)
 
-    embeddings = item_embeddings(trained.model, items)
-    queries = user_embeddings(trained.model, eval_inputs(histories, split.validation, settings))
-    index, report = build_index(embeddings, queries, settings.index, settings.train.seed)
+    embeddings = item_embeddings(trained.towers, items)
+    queries = user_embeddings(trained.towers, eval_inputs(histories, split.validation, settings))
+    queries = queries[: settings.index.recall_queries]
+    index, report = build_and_measure(embeddings, settings.index, queries, settings.train.seed)
     metrics = {
         "evaluation": table,
         "training": {
@@ -82,18 +80,18 @@ def run(settings: TrainingSettings, progress: bool = True, save: bool = True) ->
             "validation_users": len(split.validation),
             "test_users": len(split.test),
         },
-        "index": report,
+        "index": asdict(report),
     }
     artifacts = ModelArtifacts(
-        model=trained.model,
+        towers=trained.towers,
         vocab=vocab,
-        catalog=with_popularity(dataset.games, histories, split.train_users),
+        games_table=with_popularity(dataset.games_table, histories, split.train_users),
         item_embeddings=embeddings,
         index=index,
         settings=settings,
         metrics=metrics,
         dataset=dataset.name,
-        recall_queries=queries[: settings.index.recall_queries],
+        recall_queries=queries,
         chart_png=chart_png(table, f"{dataset.name}: held-out users, full catalog"),
     )
     result = PipelineResult(artifacts, split, histories, trained, table)

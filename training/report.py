@@ -7,7 +7,7 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import matplotlib.pyplot as plt  # the backend must be chosen first
 
 METRIC_ORDER = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 

@@ -28,8 +28,9 @@ import pandas as pd
 import torch
 import yaml
 
-from index import read_index, write_index
+from index import index_bytes, read_index
 from training.config import TrainingSettings
+from training.data.io import atomic_write_bytes
 from training.features import Vocabulary
 from training.schema import validate_games
 from training.towers import TwoTower
@@ -58,9 +59,9 @@ class ModelNotFound(ModelIntegrityError):
 class ModelArtifacts:
     """Everything one model version holds, in memory."""
 
-    model: TwoTower
+    towers: TwoTower
     vocab: Vocabulary
-    catalog: pd.DataFrame
+    games_table: pd.DataFrame  # the catalog: one row a game, in catalog order, with popularity
     item_embeddings: np.ndarray
     index: faiss.Index
     settings: TrainingSettings
@@ -78,7 +79,7 @@ def save_model(artifacts: ModelArtifacts) -> str:
     labels = {"dataset": artifacts.dataset, "index": artifacts.metrics["index"]["type"]}
     metadata = {
         "dataset": artifacts.dataset,
-        "n_games": len(artifacts.catalog),
+        "n_games": len(artifacts.games_table),
         "embedding_dim": int(artifacts.item_embeddings.shape[1]),
         "index_type": artifacts.metrics["index"]["type"],
         "index_recall_at_10": artifacts.metrics["index"]["recall_at_10"],
@@ -88,11 +89,11 @@ def save_model(artifacts: ModelArtifacts) -> str:
         artifacts.settings.model_name, labels=labels, metadata=metadata
     ) as bm:
         path = Path(bm.path)
-        torch.save(artifacts.model.state_dict(), path / TOWERS)
+        torch.save(artifacts.towers.state_dict(), path / TOWERS)
         np.save(path / EMBEDDINGS, artifacts.item_embeddings, allow_pickle=False)
         np.save(path / QUERIES, artifacts.recall_queries, allow_pickle=False)
-        write_index(artifacts.index, path / INDEX)
-        artifacts.catalog.to_parquet(path / CATALOG, index=False)
+        atomic_write_bytes(path / INDEX, index_bytes(artifacts.index))
+        artifacts.games_table.to_parquet(path / CATALOG, index=False)
         artifacts.vocab.save(path / VOCAB)
         (path / CONFIG).write_text(
             yaml.safe_dump(artifacts.settings.model_dump(mode="json")), encoding="utf-8"
@@ -103,7 +104,7 @@ def save_model(artifacts: ModelArtifacts) -> str:
     return str(bm.tag)
 
 
-def get_model(tag: str = "gamerec:latest") -> bentoml.Model:
+def get_model(tag: str) -> bentoml.Model:
     try:
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound as err:
@@ -115,7 +116,7 @@ def get_model(tag: str = "gamerec:latest") -> bentoml.Model:
         raise ModelNotFound(f"{tag!r} is not a valid model tag: {err}") from err
 
 
-def load_model(tag: str = "gamerec:latest") -> ModelArtifacts:
+def load_model(tag: str) -> ModelArtifacts:
     """Load and check a stored model; refuse it with a message naming the broken part."""
     bm = get_model(tag)
     return load_model_dir(
@@ -138,22 +139,24 @@ def load_model_dir(
         lambda p: TrainingSettings.model_validate(yaml.safe_load(p.read_text(encoding="utf-8"))),
     )
     vocab = _read(path / VOCAB, tag, Vocabulary.load)
-    model = TwoTower(len(vocab.games), len(vocab.genres), len(vocab.tags), settings.model)
+    towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
     state = _read(
         path / TOWERS, tag, lambda p: torch.load(p, weights_only=True, map_location="cpu")
     )
     try:
-        model.load_state_dict(state, strict=True)
+        towers.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ModelIntegrityError(
             f"model {tag}: {TOWERS} does not fit the config and vocabulary: "
             f"{str(err).splitlines()[0]}"
         ) from err
-    model.eval()
+    towers.eval()
     artifacts = ModelArtifacts(
-        model=model,
+        towers=towers,
         vocab=vocab,
-        catalog=_read(path / CATALOG, tag, lambda p: validate_games(pd.read_parquet(p), p.name)),
+        games_table=_read(
+            path / CATALOG, tag, lambda p: validate_games(pd.read_parquet(p), p.name)
+        ),
         item_embeddings=_read(path / EMBEDDINGS, tag, _load_array),
         recall_queries=_read(path / QUERIES, tag, _load_array),
         index=_read(path / INDEX, tag, read_index),
@@ -172,24 +175,24 @@ def _load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _read(path: Path, tag: str, reader):  # noqa: ANN001, ANN202 - a reader of any file kind
+def _read(path: Path, tag: str, reader):  # a reader of any file kind
     try:
         return reader(path)
-    except Exception as err:  # noqa: BLE001 - every reader's failure means the same: a broken part
+    except Exception as err:  # every reader's failure means the same: a broken part
         raise ModelIntegrityError(f"model {tag}: cannot read {path.name}: {err}") from err
 
 
 def check_consistency(a: ModelArtifacts) -> None:
     """The parts must agree: catalog and vocabularies, dimensions, counts, finite vectors."""
-    missing = sorted(set(CATALOG_COLUMNS) - set(a.catalog.columns))
+    missing = sorted(set(CATALOG_COLUMNS) - set(a.games_table.columns))
     if missing:
         raise ModelIntegrityError(f"model {a.tag} refused: {CATALOG} lacks columns {missing}")
-    n_games, dim = len(a.vocab.games), a.settings.model.embedding_dim
+    n_games, dim = len(a.vocab.game_ids), a.settings.model.embedding_dim
     problems = []
-    expected = Vocabulary.from_catalog(a.catalog)
-    for part in ("games", "genres", "tags"):
+    expected = Vocabulary.from_games_table(a.games_table)
+    for part, name in (("game_ids", "games"), ("genres", "genres"), ("tags", "tags")):
         if getattr(expected, part) != getattr(a.vocab, part):
-            problems.append(f"the {part} vocabulary in {VOCAB} differs from the {CATALOG} {part}")
+            problems.append(f"the {name} vocabulary in {VOCAB} differs from the {CATALOG} {name}")
     if a.item_embeddings.shape != (n_games, dim):
         problems.append(
             f"{EMBEDDINGS} has shape {a.item_embeddings.shape}, expected ({n_games}, {dim})"
@@ -202,11 +205,11 @@ def check_consistency(a: ModelArtifacts) -> None:
         problems.append(f"{INDEX} has dimension {a.index.d}, the user tower outputs {dim}")
     if a.index.ntotal != n_games:
         problems.append(f"{INDEX} holds {a.index.ntotal} vectors for {n_games} catalog games")
-    if a.model.sizes != {
+    if a.towers.sizes != {
         "n_games": n_games,
         "n_genres": len(a.vocab.genres),
         "n_tags": len(a.vocab.tags),
     }:
-        problems.append(f"{TOWERS} sizes {a.model.sizes} differ from {VOCAB}")
+        problems.append(f"{TOWERS} sizes {a.towers.sizes} differ from {VOCAB}")
     if problems:
         raise ModelIntegrityError(f"model {a.tag} refused: " + "; ".join(problems))

@@ -52,16 +52,16 @@ class TwoTower(nn.Module):
 
     def user_embed(self, x: UserBatch) -> torch.Tensor:
         parts = [
-            _bag(self.user_games, x.games, x.game_offsets, x.game_weights),
-            _bag(self.user_games, x.games, x.game_offsets, x.achievement_weights),
-            _bag(self.user_genres, x.genres, x.genre_offsets, x.genre_weights),
+            _bag(self.user_games, x.game_positions, x.game_offsets, x.game_weights),
+            _bag(self.user_games, x.game_positions, x.game_offsets, x.achievement_weights),
+            _bag(self.user_genres, x.genre_positions, x.genre_offsets, x.genre_weights),
             x.dense,
         ]
         return F.normalize(self.user_mlp(torch.cat(parts, dim=1)), dim=1)
 
     def item_embed(self, x: ItemBatch) -> torch.Tensor:
         parts = [
-            self.item_ids(x.ids),
+            self.item_ids(x.positions),
             _bag(self.item_genres, x.genres, x.genre_offsets, x.genre_weights),
             _bag(self.item_tags, x.tags, x.tag_offsets, x.tag_weights),
         ]

@@ -42,7 +42,7 @@ _HOW_TO_CREATE = "run `gamerec data synth` or `gamerec data steam200k` to create
 @dataclass
 class Dataset:
     interactions: pd.DataFrame
-    games: pd.DataFrame
+    games_table: pd.DataFrame
     name: str
     info: dict[str, Any]
 
@@ -50,10 +50,6 @@ class Dataset:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the complete new one."""
     os.replace(_write_temp(Path(path), data), path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_dataset(

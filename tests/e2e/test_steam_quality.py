@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import (
@@ -16,12 +17,13 @@ from tests.conftest import (
     quick_settings,
     requires_steam_data,
 )
-from tests.server import running_server
+from tests.servers import running_server
 from training.config import load_training_config
 from training.data.io import write_dataset
 from training.data.steam import import_steam200k
 from training.evaluate import EVAL_CHUNK
-from training.features import Histories, catalog_items
+from training.features import catalog_items
+from training.histories import Histories
 from training.pipeline import PipelineResult, run
 from training.train import tower_scorer
 
@@ -53,12 +55,13 @@ def test_default_config_beats_popularity_on_held_out_players(default_model: Pipe
 def test_served_top_10_equals_the_evaluated_top_10(default_model: PipelineResult):
     result, artifacts = default_model, default_model.artifacts
     test, h = result.split.test, result.histories
-    game_ids = artifacts.vocab.games
-    items = catalog_items(artifacts.catalog, artifacts.vocab, artifacts.settings.features)
-    scores = tower_scorer(artifacts.model, h, test, items, artifacts.settings)(
+    game_ids = artifacts.vocab.game_ids
+    items = catalog_items(artifacts.games_table, artifacts.vocab, artifacts.settings.features)
+    scores = tower_scorer(artifacts.towers, h, test, items, artifacts.settings)(
         test, slice(0, min(len(test), EVAL_CHUNK))
     )
-    with running_server(["service:GameRec"], model_tag=result.tag) as url:
+    with running_server(["service:GameRec"], env={"GAMEREC_MODEL_TAG": result.tag}) as server:
+        url = server.url
         for row in range(SERVED_PLAYERS):
             body, played = _request_body(h, test.users[row], test.inputs[row], game_ids)
             response = httpx.post(f"{url}/recommend", json=body, timeout=30)
@@ -80,7 +83,7 @@ def _request_body(
 ) -> tuple[dict, np.ndarray]:
     """A held-out player's input games as a client would send them, and their positions."""
     span = h.span(user)
-    played = h.games[span][keep]
+    played = h.game_positions[span][keep]
     ids = [game_ids[g] for g in played]
     body = {
         "user_id": str(h.user_ids[user]),
@@ -91,3 +94,18 @@ def _request_body(
         "top_k": 10,
     }
     return body, played
+
+
+def test_the_importer_reads_the_real_files() -> None:
+    plays = STEAM_PLAYS
+    interactions, games, report = import_steam200k(plays, STEAM_GAMES)
+    assert 55_000 < len(interactions) <= 57_628
+    assert 3_200 < len(games) <= 3_385
+    assert report["users"] == interactions["user_id"].nunique() > 8_000
+    matched = games["has_metadata"].mean()
+    assert matched > 0.5
+    assert games.loc[games["has_metadata"], "game_id"].str.fullmatch(r"\d+").all()
+    assert games.loc[~games["has_metadata"], "game_id"].str.startswith("slug-").all()
+    assert interactions["minutes_played"].sum() == pytest.approx(
+        pd.read_csv(plays)["hours"].sum() * 60
+    )

@@ -18,8 +18,6 @@ from training.data.steam import (
 )
 from training.schema import DataError
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 HEADER_PLAYS = """user_id,game_title,hours
 10,The Elder Scrolls V Skyrim,10.5
 10,Dota 2,1.0
@@ -211,7 +209,7 @@ def test_write_and_load_round_trip(tmp_path: Path, metadata: Path) -> None:
     out = write_dataset(interactions, games, tmp_path / "processed", "steam200k", report)
     dataset = load_dataset(out)
     pd.testing.assert_frame_equal(dataset.interactions, interactions)
-    pd.testing.assert_frame_equal(dataset.games, games)
+    pd.testing.assert_frame_equal(dataset.games_table, games)
     assert dataset.name == "steam200k"
     assert dataset.info["n_users"] == 2 and dataset.info["n_interactions"] == 4
     assert dataset.info["report"]["games_matched"] == 2
@@ -258,21 +256,3 @@ def test_load_dataset_errors_say_how_to_create_data(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="gamerec data steam200k") as info:
         load_dataset(tmp_path / "empty")
     assert info.value.file.endswith("interactions.parquet")
-
-
-@pytest.mark.slow
-def test_real_steam_files() -> None:
-    plays, games_path = SHARED_DATA / "steam-200k-play.csv", SHARED_DATA / "steam-games.parquet"
-    if not (plays.is_file() and games_path.is_file()):
-        pytest.skip(f"real Steam data not found in {SHARED_DATA} (see its README.md)")
-    interactions, games, report = import_steam200k(plays, games_path)
-    assert 55_000 < len(interactions) <= 57_628
-    assert 3_200 < len(games) <= 3_385
-    assert report["users"] == interactions["user_id"].nunique() > 8_000
-    matched = games["has_metadata"].mean()
-    assert matched > 0.5
-    assert games.loc[games["has_metadata"], "game_id"].str.fullmatch(r"\d+").all()
-    assert games.loc[~games["has_metadata"], "game_id"].str.startswith("slug-").all()
-    assert interactions["minutes_played"].sum() == pytest.approx(
-        pd.read_csv(plays)["hours"].sum() * 60
-    )

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from index import build_index
-from tests.conftest import quick_settings
-from training.config import IndexConfig
+from serving.recommender import Recommender
+from tests.conftest import config_section, quick_settings
 from training.features import UserRecord
 from training.pipeline import run
-from training.recommender import Recommender
 from training.store import ModelIntegrityError, load_model, save_model
 
 
@@ -52,7 +51,7 @@ def test_split_holds_users_out_of_training(trained):
     for inputs, targets, user in zip(
         split.test.inputs, split.test.targets, split.test.users, strict=True
     ):
-        games = trained.histories.games[trained.histories.span(user)]
+        games = trained.histories.game_positions[trained.histories.span(user)]
         assert set(games[inputs]).isdisjoint(targets)
         assert len(inputs) + len(targets) == len(games)
 
@@ -66,18 +65,19 @@ def test_metrics_and_chart_are_stored_with_the_model(trained):
 
 
 def _records(trained, n: int = 20) -> list[UserRecord]:
-    h, games = trained.histories, trained.artifacts.vocab.games
+    h, games = trained.histories, trained.artifacts.vocab.game_ids
     records = []
     for user in trained.split.test.users[:n]:
         span = h.span(user)
         records.append(
             UserRecord(
                 time_played={
-                    games[g]: float(m) for g, m in zip(h.games[span], h.minutes[span], strict=True)
+                    games[g]: float(m)
+                    for g, m in zip(h.game_positions[span], h.minutes[span], strict=True)
                 },
                 achievements={
                     games[g]: int(a)
-                    for g, a in zip(h.games[span], h.achievements[span], strict=True)
+                    for g, a in zip(h.game_positions[span], h.achievements[span], strict=True)
                 },
             )
         )
@@ -89,7 +89,7 @@ def test_store_round_trip_gives_identical_recommendations(trained):
     in_memory = Recommender(trained.artifacts).recommend(records, k=10)
     loaded = Recommender.from_store(trained.tag).recommend(records, k=10)
     for a, b in zip(in_memory, loaded, strict=True):
-        np.testing.assert_array_equal(a.games, b.games)
+        np.testing.assert_array_equal(a.positions, b.positions)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
 
@@ -98,14 +98,14 @@ def test_recommendations_never_include_played_games(trained):
     recommender = Recommender(trained.artifacts)
     for record, ranked in zip(records, recommender.recommend(records, k=50), strict=True):
         played = {recommender.artifacts.vocab.game_index[g] for g in record.time_played}
-        assert len(ranked.games) == 50
-        assert played.isdisjoint(ranked.games.tolist())
+        assert len(ranked.positions) == 50
+        assert played.isdisjoint(ranked.positions.tolist())
         assert np.all(np.diff(ranked.scores) <= 1e-6)
 
 
 def test_rebuilt_index_is_a_new_version_with_measured_recall(trained):
     artifacts = load_model(trained.tag)
-    cfg = IndexConfig(type="hnsw")
+    cfg = config_section("index", type="hnsw")
     index = build_index(artifacts.item_embeddings, cfg)
     tag = save_model(
         replace(
@@ -115,7 +115,7 @@ def test_rebuilt_index_is_a_new_version_with_measured_recall(trained):
         )
     )
     assert tag != trained.tag
-    assert load_model(tag).index.ntotal == len(artifacts.vocab.games)
+    assert load_model(tag).index.ntotal == len(artifacts.vocab.game_ids)
 
 
 def test_unknown_model_tag_says_how_to_make_one():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.client import GameRecClient
-from tests.server import PROJECT_ROOT, free_port, running_process, running_server
+from tests.servers import PROJECT_ROOT, free_port, running_process
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +62,9 @@ def searchable_game(client: GameRecClient) -> dict:
     raise AssertionError("no game is found first by its own title")
 
 
-def test_recommend_in_a_browser(trained, small_data: Path, tmp_path: Path) -> None:
+def test_recommend_in_a_browser(served: str, small_data: Path, tmp_path: Path) -> None:
+    api = served
     with (
-        running_server(["service:GameRec"], model_tag=trained.tag) as api,
         running_dashboard(api, small_data, tmp_path / "streamlit.log") as dashboard,
         sync_api.sync_playwright() as playwright,
     ):

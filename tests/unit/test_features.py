@@ -3,20 +3,20 @@ import pandas as pd
 import pytest
 import torch
 
-from training.config import FeatureConfig, ModelConfig
+from tests.conftest import config_section
 from training.features import (
-    Histories,
     UserRecord,
     Vocabulary,
     catalog_items,
     collate_users,
     encode_history,
     encode_record,
-    top_genres,
 )
+from training.histories import Histories, top_genres
+from training.retrieval import select_items
 from training.towers import TwoTower
 
-CFG = FeatureConfig(history_weight="log1p")
+CFG = config_section("features", history_weight="log1p")
 GAMES = pd.DataFrame(
     {
         "game_id": ["g_0", "g_1", "g_2"],
@@ -25,11 +25,11 @@ GAMES = pd.DataFrame(
         "tags": [["open world"], ["difficult"], ["co-op", "difficult"]],
     }
 )
-VOCAB = Vocabulary.from_catalog(GAMES)
+VOCAB = Vocabulary.from_games_table(GAMES)
 
 
 def test_vocabulary_positions_follow_the_catalog():
-    assert VOCAB.games == ["g_0", "g_1", "g_2"]
+    assert VOCAB.game_ids == ["g_0", "g_1", "g_2"]
     assert VOCAB.genres == ["roguelike", "rpg"]
     assert VOCAB.tags == ["co-op", "difficult", "open world"]
 
@@ -43,15 +43,15 @@ def test_play_time_weights_are_log1p_and_normalized():
 
 
 def test_binary_weights_ignore_minutes():
-    cfg = FeatureConfig(history_weight="binary")
+    cfg = config_section("features", history_weight="binary")
     user = encode_history(np.array([0, 1]), np.array([5.0, 5000.0]), np.zeros(2), np.zeros(0), cfg)
     np.testing.assert_allclose(user.game_weights, [0.5, 0.5])
 
 
 def test_history_is_capped_at_the_most_played_games():
-    cfg = FeatureConfig(max_history=2)
+    cfg = config_section("features", max_history=2)
     user = encode_history(np.arange(3), np.array([1.0, 100.0, 50.0]), np.zeros(3), np.zeros(0), cfg)
-    assert user.games.tolist() == [1, 2]
+    assert user.game_positions.tolist() == [1, 2]
 
 
 def test_record_ignores_and_lists_unknown_games_and_genres():
@@ -61,16 +61,16 @@ def test_record_ignores_and_lists_unknown_games_and_genres():
         genres=["RPG", "roguelike", "jazz"],
     )
     user = encode_record(record, VOCAB, CFG)
-    assert user.games.tolist() == [1, 0]  # g_0 has achievements: played for 0 minutes
+    assert user.game_positions.tolist() == [1, 0]  # g_0 has achievements: played for 0 minutes
     assert user.unknown_games == ("g_404", "g_x")
     assert user.unknown_genres == ("jazz",)
-    assert user.genres.tolist() == [0, 1]
+    assert user.genre_positions.tolist() == [0, 1]
     np.testing.assert_allclose(user.achievement_weights, [0.0, 1.0])
 
 
 def test_empty_record_encodes_to_empty_bags():
     user = encode_record(UserRecord(), VOCAB, CFG)
-    assert len(user.games) == 0 and len(user.genres) == 0
+    assert len(user.game_positions) == 0 and len(user.genre_positions) == 0
     assert user.dense.tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
@@ -92,7 +92,7 @@ def test_histories_are_csr_by_user():
     h = Histories.from_interactions(plays, VOCAB)
     assert h.user_ids.tolist() == ["u_a", "u_b"]
     assert h.lengths().tolist() == [1, 2]
-    assert h.games[h.span(1)].tolist() == [1, 2]
+    assert h.game_positions[h.span(1)].tolist() == [1, 2]
     with pytest.raises(ValueError, match="g_9"):
         Histories.from_interactions(plays.assign(game_id="g_9"), VOCAB)
 
@@ -103,7 +103,7 @@ def test_towers_give_unit_vectors_of_the_configured_size():
         3,
         len(VOCAB.genres),
         len(VOCAB.tags),
-        ModelConfig(embedding_dim=8, id_dim=4, hidden_dims=[16]),
+        config_section("model", embedding_dim=8, id_dim=4, hidden_dims=[16]),
     )
     model.eval()
     users = collate_users(
@@ -120,11 +120,11 @@ def test_towers_give_unit_vectors_of_the_configured_size():
     torch.testing.assert_close(i.norm(dim=1), torch.ones(3))
 
 
-def test_item_batch_select_matches_the_full_catalog():
+def test_selected_candidates_match_the_full_catalog():
     torch.manual_seed(0)
-    model = TwoTower(3, len(VOCAB.genres), len(VOCAB.tags), ModelConfig(hidden_dims=[]))
+    model = TwoTower(3, len(VOCAB.genres), len(VOCAB.tags), config_section("model", hidden_dims=[]))
     model.eval()
     items = catalog_items(GAMES, VOCAB, CFG)
     full = model.item_embed(items)
-    picked = model.item_embed(items.select(torch.tensor([2, 0])))
+    picked = model.item_embed(select_items(items, torch.tensor([2, 0])))
     torch.testing.assert_close(picked, full[[2, 0]])

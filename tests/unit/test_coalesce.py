@@ -1,4 +1,4 @@
-"""The entry service's coalescing of Embedder calls (training/coalesce.py)."""
+"""The entry service's coalescing of Embedder calls (serving/coalesce.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from training.coalesce import Coalescer
+from serving.coalesce import Coalescer
 
 
 class Recorder:
@@ -25,7 +25,7 @@ class Recorder:
         return [2 * q for q in queries]
 
 
-def run(coroutine):  # noqa: ANN001, ANN201
+def run(coroutine):
     return asyncio.run(coroutine)
 
 

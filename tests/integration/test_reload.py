@@ -11,13 +11,13 @@ import faiss
 import httpx
 import pytest
 
+from serving.recommender import Recommender
 from tests.conftest import quick_settings
-from tests.server import running_server
+from tests.servers import running_server
 from training.data.io import write_dataset
 from training.data.synthetic import generate
 from training.features import UserRecord
 from training.pipeline import run
-from training.recommender import Recommender
 from training.store import load_model, save_model
 
 TOKEN = "reload-test-token-0123456789abcdef"
@@ -31,8 +31,8 @@ def server(trained):
     """Serves the newest model (no GAMEREC_MODEL_TAG), with an admin token."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GAMEREC_ADMIN_TOKEN", TOKEN)
-        with running_server(["service:GameRec"]) as url:
-            yield httpx.Client(base_url=url, timeout=60)
+        with running_server(["service:GameRec"]) as running:
+            yield httpx.Client(base_url=running.url, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def _expected(tag: str) -> list[str]:
     """What the model `tag` recommends for BODY, computed here without the service."""
     recommender = Recommender.from_store(tag)
     ranked = recommender.recommend([UserRecord(time_played=BODY["time_played"])], BODY["top_k"])
-    return [recommender.artifacts.vocab.games[g] for g in ranked[0].games]
+    return [recommender.artifacts.vocab.game_ids[g] for g in ranked[0].positions]
 
 
 def _drive(base_url: str, stop: threading.Event, answers: list[tuple[int, str, list[str]]]) -> None:

@@ -13,12 +13,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from opentelemetry.util.http import ExcludeList
 
-from tests.server import BENTOML, PROJECT_ROOT, running_server
-from training.bentoml_patches import untraced_routes_config
+from serving.recommender import Recommender
+from serving.settings import service_settings
+from tests.servers import BENTOML, PROJECT_ROOT, running_server
 from training.features import UserRecord
-from training.recommender import Recommender
 
 EXAMPLE = {
     "user_id": "u_123",
@@ -32,10 +31,12 @@ EXAMPLE = {
 @pytest.fixture(scope="module")
 def service_module(trained):
     os.environ["GAMEREC_MODEL_TAG"] = trained.tag
+    service_settings.cache_clear()  # the settings read the tag once per process
     import service
 
-    yield importlib.reload(service)  # the module reads the tag at import
+    yield importlib.reload(service)  # the module reads the settings at import
     del os.environ["GAMEREC_MODEL_TAG"]
+    service_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,12 @@ def svc(service_module):
 
 def _player(trained, n: int = 8) -> dict[str, float]:
     """A real test player's history, as a client would send it."""
-    h, games = trained.histories, trained.artifacts.vocab.games
+    h, games = trained.histories, trained.artifacts.vocab.game_ids
     user = next(u for u in trained.split.test.users if h.indptr[u + 1] - h.indptr[u] >= n)
     span = h.span(user)
-    return {games[g]: float(m) for g, m in zip(h.games[span], h.minutes[span], strict=True)}
+    return {
+        games[g]: float(m) for g, m in zip(h.game_positions[span], h.minutes[span], strict=True)
+    }
 
 
 # ---------------------------------------------------------------- in-process
@@ -69,8 +72,8 @@ def test_recommend_in_process(svc, trained):
 def test_cold_start_is_popular_and_genre_aware(svc):
     plain = asyncio.run(svc.recommend(user_id="new", top_k=5))
     assert plain.cold_start
-    popularity = svc.catalog.popularity
-    assert [svc.catalog.ids[i] for i in np.argsort(-popularity, kind="stable")[:5]] == [
+    popularity = svc.served.catalog.popularity
+    assert [svc.served.catalog.ids[i] for i in np.argsort(-popularity, kind="stable")[:5]] == [
         r.game_id for r in plain.recommendations
     ]
     rpg = asyncio.run(svc.recommend(user_id="new", genres=["RPG"], top_k=5))
@@ -110,7 +113,7 @@ def test_similar_games_and_catalog_search(svc):
     assert body["game"]["game_id"] == "g_1" and len(body["similar"]) == 5
     assert "g_1" not in [g["game_id"] for g in body["similar"]]
     assert svc.similar(game_id="nope", top_k=5).status_code == 404
-    title = svc.catalog.titles[3]
+    title = svc.served.catalog.titles[3]
     found = svc.games(query=title.upper(), limit=5, offset=0)
     assert found["total"] >= 1 and title in [g["title"] for g in found["games"]]
 
@@ -118,7 +121,7 @@ def test_similar_games_and_catalog_search(svc):
 def test_info_describes_the_served_model(svc, trained):
     info = svc.info()
     assert info["model"] == trained.tag
-    assert info["catalog_size"] == len(trained.artifacts.vocab.games)
+    assert info["catalog_size"] == len(trained.artifacts.vocab.game_ids)
     assert info["index"]["type"] == "flat" and info["index"]["recall_at_10"] == 1.0
     assert set(info["evaluation"]) == {"popularity", "ease", "two-tower"}
 
@@ -126,21 +129,9 @@ def test_info_describes_the_served_model(svc, trained):
 # ---------------------------------------------------------------- a real server
 
 
-def test_untraced_routes_are_exactly_those_paths():
-    excluded = ExcludeList(
-        untraced_routes_config("/recommend", "/recommend_batch")["tracing"]["excluded_urls"]
-    )
-    for path in ("/recommend", "/recommend_batch"):
-        assert excluded.url_disabled(f"http://127.0.0.1:3000{path}")
-    for path in ("/similar", "/recommend/x", "/recommendations", "/readyz"):
-        assert not excluded.url_disabled(f"http://127.0.0.1:3000{path}")
-    assert untraced_routes_config() == {}  # trace_recommend: true leaves BentoML's setting alone
-
-
 @pytest.fixture(scope="module")
-def server(trained):
-    with running_server(["service:GameRec"], model_tag=trained.tag) as base_url:
-        yield httpx.Client(base_url=base_url, timeout=30)
+def server(served: str) -> httpx.Client:
+    return httpx.Client(base_url=served, timeout=30)
 
 
 @pytest.mark.slow
@@ -161,8 +152,10 @@ class TestHTTP:
             "/recommend", json={"user_id": "p", "time_played": played, "top_k": 20}
         ).json()
         expected = Recommender(trained.artifacts).recommend([UserRecord(time_played=played)], 20)[0]
-        games = trained.artifacts.vocab.games
-        assert [r["game_id"] for r in body["recommendations"]] == [games[g] for g in expected.games]
+        games = trained.artifacts.vocab.game_ids
+        assert [r["game_id"] for r in body["recommendations"]] == [
+            games[g] for g in expected.positions
+        ]
         np.testing.assert_allclose(
             [r["score"] for r in body["recommendations"]], expected.scores, rtol=1e-5
         )
@@ -256,10 +249,13 @@ class TestHTTP:
 
     def test_concurrent_requests_share_embedder_calls(self, server, trained):
         """32 clients at once each get their own answer, the one they get alone, while the entry
-        service sends their queries to the Embedder in fewer calls (training/coalesce.py)."""
-        h, games = trained.histories, trained.artifacts.vocab.games
+        service sends their queries to the Embedder in fewer calls (serving/coalesce.py)."""
+        h, games = trained.histories, trained.artifacts.vocab.game_ids
         bodies = [
-            {"user_id": f"c{i}", "time_played": {games[g]: 60.0 for g in h.games[h.span(u)]}}
+            {
+                "user_id": f"c{i}",
+                "time_played": {games[g]: 60.0 for g in h.game_positions[h.span(u)]},
+            }
             for i, u in enumerate(trained.split.test.users[:32])
         ]
         alone = [server.post("/recommend", json=b).json()["recommendations"] for b in bodies]
@@ -310,7 +306,8 @@ def test_bentoml_build_makes_a_bento_that_serves(trained, tmp_path):
     bento_path = Path(_bentoml("get", bento_tag, "-o", "path", env=env))
     assert (bento_path / "env" / "docker" / "Dockerfile").is_file()
 
-    with running_server([bento_tag]) as url:  # no model tag given: the Bento's own model serves
+    with running_server([bento_tag]) as server:  # no model tag: the Bento's own model serves
+        url = server.url
         response = httpx.post(f"{url}/recommend", json=EXAMPLE, timeout=30)
         assert response.status_code == 200, response.text
         assert response.json()["model"] == trained.tag

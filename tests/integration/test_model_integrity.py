@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.server import BENTOML, PROJECT_ROOT, free_port
+from tests.servers import BENTOML, PROJECT_ROOT, free_port
 from training.store import ModelIntegrityError, load_model_dir
 
 
@@ -136,7 +136,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle's protocol
+    def __reduce__(self):  # pickle's protocol
         return (Path.touch, (self.marker,))
 
 

@@ -12,14 +12,15 @@ import pytest
 from index import (
     build_and_measure,
     build_index,
+    index_bytes,
     measure_recall,
     plan_index,
     read_index,
     search,
-    write_index,
 )
 from index.load import BLAS_FROM_QUERIES
-from training.config import IndexConfig
+from tests.conftest import config_section
+from training.data.io import atomic_write_bytes
 
 ALL_TYPES = ["flat", "ivf", "ivfpq", "hnsw"]
 
@@ -52,7 +53,7 @@ def random_catalog() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
 def test_identity_vectors_find_themselves(index_type: str) -> None:
     eye = np.eye(64, dtype=np.float32)
-    index = build_index(eye, IndexConfig(type=index_type, nlist=4, nprobe=4))
+    index = build_index(eye, config_section("index", type=index_type, nlist=4, nprobe=4))
     if index_type == "ivf":
         assert index.nprobe == index.nlist
     scores, ids = search(index, eye, k=5)
@@ -62,7 +63,7 @@ def test_identity_vectors_find_themselves(index_type: str) -> None:
 
 def test_identity_vectors_ivfpq_ranks_self_first() -> None:
     eye = np.eye(64, dtype=np.float32)
-    index = build_index(eye, IndexConfig(type="ivfpq", nlist=4, nprobe=4))
+    index = build_index(eye, config_section("index", type="ivfpq", nlist=4, nprobe=4))
     _, ids = search(index, eye, k=5)
     assert ids[:, 0].tolist() == list(range(64))
 
@@ -72,7 +73,7 @@ def test_identity_vectors_ivfpq_ranks_self_first() -> None:
 
 def test_exclude_removes_ids_and_keeps_order() -> None:
     items = unit_vectors(50, 16)
-    index = build_index(items, IndexConfig(type="flat"))
+    index = build_index(items, config_section("index", type="flat"))
     queries = unit_vectors(3, 16, seed=7)
     full_scores, full_ids = search(index, queries, k=10)
     banned = [set(full_ids[0, [0, 2, 5]].tolist()), set(), {int(full_ids[2, 9]), 10_000}]
@@ -88,7 +89,7 @@ def test_exclude_removes_ids_and_keeps_order() -> None:
 
 def test_k_larger_than_catalog_is_clamped() -> None:
     items = unit_vectors(7, 8)
-    scores, ids = search(build_index(items, IndexConfig(type="flat")), items, k=100)
+    scores, ids = search(build_index(items, config_section("index", type="flat")), items, k=100)
     assert scores.shape == ids.shape == (7, 7)
     assert sorted(ids[0].tolist()) == list(range(7))
     assert scores.dtype == np.float32 and ids.dtype == np.int64
@@ -96,7 +97,7 @@ def test_k_larger_than_catalog_is_clamped() -> None:
 
 def test_padding_when_exclusions_leave_fewer_than_k() -> None:
     items = unit_vectors(5, 8)
-    index = build_index(items, IndexConfig(type="flat"))
+    index = build_index(items, config_section("index", type="flat"))
     scores, ids = search(index, items[:2], k=5, exclude=[{0, 1, 2}, set()])
     assert sorted(ids[0, :2].tolist()) == [3, 4]
     assert ids[0, 2:].tolist() == [-1, -1, -1]
@@ -106,7 +107,7 @@ def test_padding_when_exclusions_leave_fewer_than_k() -> None:
 
 def test_search_accepts_float64_and_non_contiguous_queries() -> None:
     items = unit_vectors(20, 8)
-    index = build_index(items, IndexConfig(type="flat"))
+    index = build_index(items, config_section("index", type="flat"))
     queries = np.asfortranarray(items[:4].astype(np.float64))
     _, ids = search(index, queries, k=1)
     assert ids[:, 0].tolist() == [0, 1, 2, 3]
@@ -118,7 +119,7 @@ def test_batched_search_equals_one_query_at_a_time(
     """A batch takes FAISS's BLAS kernel and a single query its SIMD kernel (index/load.py):
     both are exact, so the same top 10 comes back, with scores equal up to rounding."""
     items, queries = random_catalog
-    index = build_index(items, IndexConfig(type="flat"))
+    index = build_index(items, config_section("index", type="flat"))
     batch = queries[:64]
     assert len(batch) >= BLAS_FROM_QUERIES
     scores, ids = search(index, batch, k=10)
@@ -131,7 +132,7 @@ def test_batched_search_equals_one_query_at_a_time(
 
 def test_search_rejects_bad_arguments() -> None:
     items = unit_vectors(20, 8)
-    index = build_index(items, IndexConfig(type="flat"))
+    index = build_index(items, config_section("index", type="flat"))
     with pytest.raises(ValueError, match="dim"):
         search(index, unit_vectors(2, 4), k=3)
     with pytest.raises(ValueError, match="exclude"):
@@ -146,7 +147,7 @@ def test_search_rejects_bad_arguments() -> None:
 def test_recall_on_random_vectors(random_catalog: tuple[np.ndarray, np.ndarray]) -> None:
     items, queries = random_catalog
     recall = {
-        t: measure_recall(build_index(items, IndexConfig(type=t)), items, queries)
+        t: measure_recall(build_index(items, config_section("index", type=t)), items, queries)
         for t in ALL_TYPES
     }
     assert recall["flat"] == 1.0
@@ -167,7 +168,7 @@ def test_build_and_measure_reports_effective_params(
     random_catalog: tuple[np.ndarray, np.ndarray],
 ) -> None:
     items, queries = random_catalog
-    cfg = IndexConfig(type="ivf", nlist=0, nprobe=8)
+    cfg = config_section("index", type="ivf", nlist=0, nprobe=8)
     index, report = build_and_measure(items, cfg, queries, seed=3)
     assert report.type == "ivf" and (report.n_items, report.dim) == (5000, 64)
     assert report.params == {"nlist": 5000 // 39, "nprobe": 8}
@@ -178,7 +179,7 @@ def test_build_and_measure_reports_effective_params(
 
 def test_build_and_measure_samples_queries_when_none_given() -> None:
     items = unit_vectors(300, 16)
-    _, report = build_and_measure(items, IndexConfig(type="hnsw", recall_queries=50))
+    _, report = build_and_measure(items, config_section("index", type="hnsw", recall_queries=50))
     assert 0.9 <= report.recall_at_10 <= 1.0
 
 
@@ -186,7 +187,7 @@ def test_ivf_build_is_deterministic_for_a_seed(
     random_catalog: tuple[np.ndarray, np.ndarray],
 ) -> None:
     items, _ = random_catalog
-    cfg = IndexConfig(type="ivfpq", nlist=16, pq_m=8, pq_bits=5)
+    cfg = config_section("index", type="ivfpq", nlist=16, pq_m=8, pq_bits=5)
     first = faiss.serialize_index(build_index(items[:2000], cfg, seed=5))
     second = faiss.serialize_index(build_index(items[:2000], cfg, seed=5))
     np.testing.assert_array_equal(first, second)
@@ -194,13 +195,15 @@ def test_ivf_build_is_deterministic_for_a_seed(
 
 def test_pq_m_must_divide_dim() -> None:
     with pytest.raises(ValueError, match="pq_m=12 must divide"):
-        build_index(unit_vectors(100, 64), IndexConfig(type="ivfpq", pq_m=12))
+        build_index(unit_vectors(100, 64), config_section("index", type="ivfpq", pq_m=12))
 
 
 def test_plan_clamps_to_catalog_size() -> None:
-    plan = plan_index(100, 64, IndexConfig(type="ivfpq", nlist=50, nprobe=16, pq_bits=8))
+    plan = plan_index(
+        100, 64, config_section("index", type="ivfpq", nlist=50, nprobe=16, pq_bits=8)
+    )
     assert plan == {"type": "ivfpq", "nlist": 2, "nprobe": 2, "pq_m": 16, "pq_bits": 6}
-    assert plan_index(1_000_000, 64, IndexConfig(type="ivf"))["nlist"] == 4000
+    assert plan_index(1_000_000, 64, config_section("index", type="ivf"))["nlist"] == 4000
 
 
 # --- tiny catalogs ---
@@ -210,7 +213,7 @@ def test_plan_clamps_to_catalog_size() -> None:
 @pytest.mark.parametrize("index_type", ALL_TYPES)
 def test_tiny_catalogs_build_and_search(index_type: str, n_items: int) -> None:
     items = unit_vectors(n_items, 64)
-    index, report = build_and_measure(items, IndexConfig(type=index_type), items)
+    index, report = build_and_measure(items, config_section("index", type=index_type), items)
     assert index.ntotal == n_items
     assert 0.0 <= report.recall_at_10 <= 1.0
     scores, ids = search(index, items, k=10, exclude=[{0}] * n_items)
@@ -221,7 +224,7 @@ def test_tiny_catalogs_build_and_search(index_type: str, n_items: int) -> None:
 
 def test_empty_catalog_is_rejected() -> None:
     with pytest.raises(ValueError, match="empty"):
-        build_index(np.zeros((0, 8), dtype=np.float32), IndexConfig())
+        build_index(np.zeros((0, 8), dtype=np.float32), config_section("index"))
 
 
 # --- saving and loading ---
@@ -232,9 +235,10 @@ def test_write_read_round_trip(
     tmp_path: Path, index_type: str, random_catalog: tuple[np.ndarray, np.ndarray]
 ) -> None:
     items, queries = random_catalog
-    index = build_index(items[:2000], IndexConfig(type=index_type, pq_bits=5))
+    index = build_index(items[:2000], config_section("index", type=index_type, pq_bits=5))
     path = tmp_path / "nested" / f"{index_type}.faiss"
-    write_index(index, path)
+    path.parent.mkdir()
+    atomic_write_bytes(path, index_bytes(index))
     loaded = read_index(path)
     for before, after in zip(search(index, queries, 10), search(loaded, queries, 10), strict=True):
         np.testing.assert_array_equal(before, after)
@@ -250,7 +254,8 @@ def test_read_missing_file_names_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_read_corrupt_file_names_it(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "broken.faiss"
-    write_index(build_index(unit_vectors(100, 16), IndexConfig(type="ivf")), path)
+    ivf = build_index(unit_vectors(100, 16), config_section("index", type="ivf"))
+    atomic_write_bytes(path, index_bytes(ivf))
     data = path.read_bytes()
     path.write_bytes(b"not an index at all" if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(ValueError, match="broken.faiss"):
@@ -261,15 +266,15 @@ def test_failed_write_leaves_existing_file_untouched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "items.faiss"
-    write_index(build_index(unit_vectors(50, 16), IndexConfig(type="flat")), path)
+    flat = config_section("index", type="flat")
+    atomic_write_bytes(path, index_bytes(build_index(unit_vectors(50, 16), flat)))
     original = path.read_bytes()
 
-    def crash_mid_write(index: faiss.Index, target: str) -> None:
-        Path(target).write_bytes(b"half an ind")
-        raise RuntimeError("disk full")
+    def crash_before_sync(fd: int) -> None:
+        raise OSError("disk full")
 
-    monkeypatch.setattr(faiss, "write_index", crash_mid_write)
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_index(build_index(unit_vectors(80, 16), IndexConfig(type="flat")), path)
+    monkeypatch.setattr("os.fsync", crash_before_sync)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(path, index_bytes(build_index(unit_vectors(80, 16), flat)))
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["items.faiss"]

@@ -17,23 +17,22 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import players
 from dashboard.client import GameRecClient, ServiceError
-from tests.server import PROJECT_ROOT, free_port, running_server
+from tests.servers import PROJECT_ROOT, free_port
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 PAGES = ["Recommend", "Similar games", "Players", "Model"]
 
 
 @pytest.fixture(scope="module")
-def service_url(trained) -> Iterator[str]:
-    with running_server(["service:GameRec"], model_tag=trained.tag) as url:
-        yield url
+def service_url(served: str) -> str:
+    return served
 
 
 @pytest.fixture
 def app(service_url: str, small_data: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The dashboard, pointed at the real service and the data set the model was trained on."""
     monkeypatch.setenv("GAMEREC_API_URL", service_url)
-    monkeypatch.setenv(players.DATA_DIR_ENV, str(small_data))
+    monkeypatch.setenv("GAMEREC_DATA_DIR", str(small_data))
     return AppTest.from_file(APP, default_timeout=60)
 
 
@@ -61,7 +60,7 @@ def test_model_page_shows_the_served_model(app: AppTest, trained) -> None:
     assert not at.error
     assert any(trained.tag in markdown.value for markdown in at.markdown)
     metrics = {metric.label: metric.value for metric in at.metric}
-    assert metrics["Catalog size"] == f"{len(trained.artifacts.catalog):,}"
+    assert metrics["Catalog size"] == f"{len(trained.artifacts.games_table):,}"
     evaluation = at.dataframe[0].value
     assert {"popularity", "ease", "two-tower"} <= set(evaluation.index)
     assert {"recall@10", "ndcg@10"} <= set(evaluation.columns)
@@ -157,7 +156,7 @@ def test_every_page_says_plainly_when_the_service_is_down(
 ) -> None:
     url = closed_url()
     monkeypatch.setenv("GAMEREC_API_URL", url)
-    monkeypatch.setenv(players.DATA_DIR_ENV, str(small_data))
+    monkeypatch.setenv("GAMEREC_DATA_DIR", str(small_data))
     at = AppTest.from_file(APP, default_timeout=60)
     for page in PAGES:
         open_page(at, page)
@@ -192,7 +191,7 @@ def test_players_page_says_plainly_when_there_is_no_data(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("GAMEREC_API_URL", closed_url())
-    monkeypatch.setenv(players.DATA_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("GAMEREC_DATA_DIR", str(tmp_path))
     at = open_page(AppTest.from_file(APP, default_timeout=60), "Players")
     assert not at.error
     assert str(tmp_path) in at.warning[0].value

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.server import BENTOML, PROJECT_ROOT
+from tests.servers import BENTOML, PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "scripts" / "image.sh"
 NAME = "gamerec-test"  # not the `make image` name, whose images the test leaves alone

@@ -8,31 +8,14 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server import running_server
+from tests.servers import running_server
 
 pytestmark = pytest.mark.slow
 CLIENTS = 4
-
-
-def _embedder_pid() -> int:
-    """The Embedder worker of the server started by this test session (its private store)."""
-    home = os.environ["BENTOML_HOME"].encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"Embedder" in cmdline and b"BENTOML_HOME=" + home in environ:
-            return int(entry.name)
-    raise LookupError("no Embedder worker found")
 
 
 class Load:
@@ -78,13 +61,16 @@ class Load:
 
 
 def test_killed_inner_worker_comes_back_with_bounded_failures(trained):
-    h, games = trained.histories, trained.artifacts.vocab.games
+    h, games = trained.histories, trained.artifacts.vocab.game_ids
     user = trained.split.test.users[0]
-    body = {"user_id": "p", "time_played": {games[g]: 60.0 for g in h.games[h.span(user)]}}
-    with running_server(["service:GameRec"], model_tag=trained.tag) as url, Load(url, body) as load:
+    body = {"user_id": "p", "time_played": {games[g]: 60.0 for g in h.game_positions[h.span(user)]}}
+    with (
+        running_server(["service:GameRec"], env={"GAMEREC_MODEL_TAG": trained.tag}) as server,
+        Load(server.url, body) as load,
+    ):
         time.sleep(3)
         killed_at = time.monotonic()
-        os.kill(_embedder_pid(), signal.SIGKILL)
+        os.kill(server.worker_pid("Embedder"), signal.SIGKILL)
         deadline = killed_at + 120
         while time.monotonic() < deadline:  # wait for the outage to be seen and to end
             after = [s for t, s in load.readiness if t > killed_at]

@@ -1,4 +1,4 @@
-"""Inference: request-shaped records -> user tower -> FAISS top-k. Serving calls exactly this."""
+"""Inference: request-shaped records -> user tower -> FAISS top-k; and the versions loaded."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from training.store import ModelArtifacts, load_model
 
 @dataclass(frozen=True)
 class Ranked:
-    """Top games for one user: catalog positions and cosine scores, best first."""
+    """Top games for one user: catalog positions and their scores, best first."""
 
-    games: np.ndarray
+    positions: np.ndarray
     scores: np.ndarray
 
 
@@ -27,10 +27,10 @@ class Recommender:
 
     def __init__(self, artifacts: ModelArtifacts) -> None:
         self.artifacts = artifacts
-        self.model = artifacts.model.eval()
+        self.towers = artifacts.towers.eval()
 
     @classmethod
-    def from_store(cls, tag: str = "gamerec:latest") -> Recommender:
+    def from_store(cls, tag: str) -> Recommender:
         return cls(load_model(tag))
 
     def encode(self, records: list[UserRecord]) -> list[EncodedUser]:
@@ -40,7 +40,7 @@ class Recommender:
     @torch.inference_mode()
     def embed(self, users: list[EncodedUser]) -> np.ndarray:
         """User embeddings for a batch, in one pass of the user tower."""
-        return self.model.user_embed(collate_users(users)).numpy()
+        return self.towers.user_embed(collate_users(users)).numpy()
 
     def top_k(
         self, users: list[EncodedUser], k: int, exclude: list[set[int]] | None = None
@@ -48,21 +48,23 @@ class Recommender:
         """One batched FAISS search; each user's played games (and `exclude`) never come back."""
         if not users:
             return []
-        played = [set(u.games.tolist()) for u in users]
+        played = [set(u.game_positions.tolist()) for u in users]
         if exclude is not None:
             played = [p | e for p, e in zip(played, exclude, strict=True)]
         scores, ids = search(self.artifacts.index, self.embed(users), k, exclude=played)
-        return [Ranked(games=i[i >= 0], scores=s[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+        return [
+            Ranked(positions=i[i >= 0], scores=s[i >= 0]) for s, i in zip(scores, ids, strict=True)
+        ]
 
     def recommend(self, records: list[UserRecord], k: int) -> list[Ranked]:
         return self.top_k(self.encode(records), k)
 
-    def similar(self, game: int, k: int) -> Ranked:
+    def similar(self, position: int, k: int) -> Ranked:
         """The games nearest to a game in the item-embedding space, itself excluded."""
-        query = self.artifacts.item_embeddings[game : game + 1]
-        scores, ids = search(self.artifacts.index, query, k, exclude=[{game}])
+        query = self.artifacts.item_embeddings[position : position + 1]
+        scores, ids = search(self.artifacts.index, query, k, exclude=[{position}])
         keep = ids[0] >= 0
-        return Ranked(games=ids[0][keep], scores=scores[0][keep])
+        return Ranked(positions=ids[0][keep], scores=scores[0][keep])
 
 
 class ModelVersions:
@@ -73,7 +75,7 @@ class ModelVersions:
     loaded versions goes on meanwhile.
     """
 
-    def __init__(self, load: Callable[[str], Recommender], keep: int = 2) -> None:
+    def __init__(self, load: Callable[[str], Recommender], keep: int) -> None:
         self._load, self._keep = load, keep
         self._loaded: dict[str, Recommender] = {}
         self._lock = threading.Lock()

@@ -18,7 +18,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -386,10 +385,8 @@ def test_an_interrupted_write_is_caught_on_load_and_train_refuses_it(
         load_dataset(out)
     assert info.value.file == str(out / "interactions.parquet")
 
-    config = tmp_path / "training.yaml"
-    config.write_text(yaml.safe_dump({"data": {"processed_dir": str(out)}}), encoding="utf-8")
     before = _digests(store)
-    result = RUNNER.invoke(app, ["train", "--config", str(config), "--quiet"])
+    result = RUNNER.invoke(app, ["train", "--set", f"data.processed_dir={out}", "--quiet"])
     assert result.exit_code == 2, result.output
     assert "does not match its digest" in result.output
     assert _digests(store) == before

@@ -1,0 +1,212 @@
+"""Every workaround for BentoML 1.4.40 in this project, in one place. Each has a fast test in
+tests/unit/test_bentoml_fixes.py that shows the bug on unpatched BentoML and its absence with
+the fix; the measured effects are in docs/performance.md.
+
+They reach into BentoML's internals, so `pyproject.toml` pins the exact version they were
+written for and `check_bentoml_version` stops the service on any other (1.4.40 is the newest
+1.4 release as of 2026-12). On an upgrade: run those tests unpatched first, drop what is fixed.
+
+1. Connection recycling. The `bentoml.depends()` client (`_bentoml_impl/client/proxy2.py`,
+   `SessionManager`) replaces its aiohttp session every `runner_connection.max_requests` calls
+   (default 100) and closes the old one while other requests still use it: they fail with
+   "Cannot write to closing transport" / "Server disconnected". Recycling came with PR 5522;
+   issue 5540 reported its first failure, fixed in 1.4.35 by PR 5541 (a connector per
+   session); the close-while-in-flight race remains and has no upstream issue. `NO_RECYCLING`
+   switches recycling off for the dependency (the caller's client reads the *called*
+   service's `runner_connection`); over a local Unix socket there is nothing to balance.
+2. Timers that outlive their requests (no upstream issue; the closest, issue 5642, is about the
+   same middleware). `traffic.TimeoutMiddleware.__call__` arms `loop.call_later(timeout)` per
+   request and never cancels it; each timer handle keeps a copy of the request's context
+   (its tracing span included) for `traffic.timeout` seconds, so the heap grows under load and
+   full garbage collections stall a worker for 100-300 ms. A handler that fails before
+   responding also made the original wait out the whole timeout and swallow the error.
+   `patch_timeout_middleware` cancels the timer and re-raises at once;
+   `freeze_startup_objects` moves the objects made at start-up out of the collector's way.
+3. A JSON schema per response (no upstream issue; issue 4784 is the same pattern in the 1.1
+   code). `IOMixin.mime_type()` calls `model_json_schema()` on every response of an API whose
+   output is a root model (`list[...]`, `str`: the Embedder's `top_k` and `load`,
+   `recommend_batch`), only to learn that the answer is JSON. `cache_media_types` computes it
+   once per API.
+4. The hop between the services: the inner service is reached only by the entry service over a
+   local socket, so `inner_service_config` switches off what is per request and already done by
+   the entry service: the access log, the Prometheus metrics and the tracing spans.
+5. Spans nobody reads (by design, PR 2167: "always record, but not always export"). BentoML's
+   sampler records every span even with sample rate 0 and no exporter (the defaults), about a
+   quarter of the entry service's CPU per recommendation. `untraced_routes_config` excludes the
+   hot routes (the mechanism of PR 2843) unless `trace_recommend` says otherwise; those routes
+   then answer without `X-BentoML-Request-ID`.
+6. The OpenAPI spec (`/docs.json`): labelled 3.0.2 but written in JSON Schema 2020-12 (issue
+   3177 is the closest report), request bodies not marked required, and the 400's `detail`
+   declared a string where the server sends the list of validation errors (issue 4232).
+   `correct_openapi_spec`.
+7. A Bento's model version (no upstream issue): served outside a container, BentoML resolves
+   `BentoModel("gamerec:latest")` against the local store (`Service.on_load_bento` re-pins only
+   Hugging Face models), so a newer model than the one built in could serve.
+   `pinned_model_tag`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+from importlib.metadata import version
+
+import attr
+import bentoml
+from _bentoml_sdk.service.factory import Service
+from bentoml._internal.server.http import traffic
+from bentoml._internal.service.openapi.specification import OpenAPISpecification, Schema
+from bentoml._internal.service.openapi.utils import exception_components_schema
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from serving.guard import GUARD_RESPONSES, ErrorMessage
+
+BENTOML_VERSION = "1.4.40"  # the version these fixes were written for and tested on
+
+NO_RECYCLING = {"max_requests": 2**31 - 1, "max_age": 1e9}
+
+
+def check_bentoml_version(installed: str | None = None) -> None:
+    """Refuse to run on another BentoML: the fixes below patch its internals."""
+    installed = installed or version("bentoml")
+    if installed != BENTOML_VERSION:
+        raise RuntimeError(
+            f"GameRec's BentoML workarounds (serving/bentoml_fixes.py) are written for bentoml "
+            f"{BENTOML_VERSION}, but {installed} is installed: install bentoml=={BENTOML_VERSION} "
+            "(pyproject.toml pins it), or port and re-test the fixes first"
+        )
+
+
+def apply_global_fixes() -> None:
+    """Fixes 2 and 6, which replace BentoML's own code; applied once per process."""
+    global _applied
+    if _applied:
+        return
+    check_bentoml_version()
+    patch_timeout_middleware()
+    correct_openapi_spec()
+    _applied = True
+
+
+_applied = False
+
+
+def inner_service_config(*routes: str) -> dict:
+    """`@bentoml.service` settings of a service that only the entry service calls (fix 1, 4)."""
+    return {
+        "runner_connection": NO_RECYCLING,
+        "logging": {"access": {"enabled": False}},
+        "metrics": {"enabled": False},
+        **untraced_routes_config(*routes),
+    }
+
+
+def untraced_routes_config(*routes: str) -> dict:
+    """`@bentoml.service` settings that exclude these exact paths from tracing (fix 5).
+
+    A service default: `services.<Name>.tracing` in BentoML's configuration file overrides it.
+    No routes, no setting (the configured exclusions stay as they are).
+    """
+    if not routes:
+        return {}
+    return {"tracing": {"excluded_urls": [f"{re.escape(r)}$" for r in routes]}}
+
+
+def cache_media_types(*services: object) -> None:
+    """Fix 3: each API's response media type, computed once instead of per response."""
+    for service in services:
+        for api in service.apis.values():
+            api.output_spec.media_type = api.output_spec.mime_type()
+
+
+async def _timeout_middleware_call(
+    self: traffic.TimeoutMiddleware, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """BentoML's own `TimeoutMiddleware.__call__`, with the timer cancelled once it has served."""
+    if scope["type"] not in ("http", "websocket"):
+        return await self.app(scope, receive, send)
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+    async def started(message: dict) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+        await send(message)
+
+    handler = asyncio.ensure_future(self.app(scope, receive, started))
+    try:
+        # The handler may also end without sending anything (an exception): then it is done.
+        await asyncio.wait({waiter, handler}, return_when=asyncio.FIRST_COMPLETED)
+        if not handler.done() and waiter.exception() is not None and handler.cancel():
+            message = f"Not able to process the request in {self.timeout} seconds"
+            await JSONResponse({"error": message}, status_code=504)(scope, receive, send)
+        else:
+            await handler
+    finally:
+        timer.cancel()
+
+
+def patch_timeout_middleware() -> None:
+    traffic.TimeoutMiddleware.__call__ = _timeout_middleware_call
+
+
+def freeze_startup_objects() -> None:
+    """Call at the end of a worker's `__init__`: start-up objects are never garbage."""
+    gc.collect()
+    gc.freeze()
+
+
+def correct_openapi_spec() -> None:
+    """Fix 6: make BentoML 1.4.40's OpenAPI spec (`/docs.json`) say what this API does.
+
+    - It is labelled OpenAPI 3.0.2, but its schemas are pydantic's and FastAPI's JSON Schema
+      2020-12, i.e. OpenAPI 3.1 (`propertyNames`, `"type": "null"`): relabelled 3.1.0.
+    - The request body of a `@bentoml.api` endpoint with a required parameter is required
+      (without one: 400), not optional.
+    - A body that fails validation gets 400 with `detail`: the list of pydantic errors, where the
+      spec's `InvalidArgument` says a string.
+    - `RequestGuard`'s 413 and 415 are added to every API that takes a body.
+    """
+    generate = Service.openapi_spec.fget
+    error = {"application/json": {"schema": ErrorMessage.model_json_schema()}}
+    guard = {s: {"description": d, "content": error} for s, d in GUARD_RESPONSES.items()}
+
+    def corrected(service: Service) -> OpenAPISpecification:
+        spec = generate(service)
+        for item in spec.paths.values():
+            post = item.post
+            if not (isinstance(post, dict) and "requestBody" in post):
+                continue  # not an API of BentoML's (FastAPI's own routes are right)
+            api = service.apis.get(post.get("x-bentoml-name", ""))
+            if api is None:
+                continue
+            fields = api.input_spec.model_fields.values()
+            if any(field.is_required() for field in fields):
+                post["requestBody"]["required"] = True
+            post["responses"] = {**post["responses"], **guard}
+        return attr.evolve(spec, openapi="3.1.0")
+
+    Service.openapi_spec = property(corrected)
+    invalid = exception_components_schema()["InvalidArgument"]
+    assert invalid.properties is not None
+    invalid.properties["detail"] = Schema(
+        title="Error Detail",
+        anyOf=[Schema(type="string"), Schema(type="array", items=Schema(type="object"))],
+    )
+
+
+def pinned_model_tag(service: bentoml.Service, reference: bentoml.models.BentoModel) -> str:
+    """Fix 7: inside a Bento, the exact model version it was built with; else the reference's.
+
+    BentoML re-resolves `BentoModel("gamerec:latest")` against the local store when a Bento
+    serves outside a container, which could serve a newer model than the one built in.
+    """
+    bento = getattr(service, "bento", None)
+    if bento is not None:
+        for model in bento.info.all_models:
+            if model.tag.name == reference.tag.name:
+                return str(model.tag)
+    return str(reference.tag)

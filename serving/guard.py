@@ -1,0 +1,167 @@
+"""The request guard: what no endpoint should have to parse, answered before any does; and the
+admin endpoints' bearer-token check."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ADMIN_TOKEN_ENV = "GAMEREC_ADMIN_TOKEN"  # read in serving/settings.py; named in messages
+
+
+class ErrorMessage(BaseModel):
+    """The body of every error the guard and the service's own routes answer."""
+
+    error: str
+
+
+GUARD_RESPONSES = {  # what `RequestGuard` answers for any POST
+    413: "the body is over `limits.max_body_bytes`",
+    415: "the body is not `Content-Type: application/json`",
+}
+
+
+class RequestGuard:
+    """ASGI middleware: what no endpoint should have to parse, answered before any does.
+
+    - `/admin/...` without the admin token gets 401 (403 while no token is set), see
+      `admin_refusal`;
+    - a body over `max_bytes` gets 413, unread if its Content-Length says so, else as soon as
+      the bytes read pass the limit (a chunked body);
+    - a POST body that is not `Content-Type: application/json` gets 415;
+    - a JSON object with a repeated key gets 400 naming the key (parsers disagree on which of
+      the two values wins, so neither is guessed).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, admin_token: str) -> None:
+        self.app, self.max_bytes, self.admin_token = app, max_bytes, admin_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        refusal = self._before_body(scope, headers)
+        if refusal is None and scope["method"] == "POST":
+            body = await _read_body(receive, self.max_bytes)
+            if body is None:
+                refusal = 413, self._too_large()
+            else:
+                refusal, receive = _body_refusal(body, headers), _replay(body, receive)
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        status, message = refusal
+        challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        response = JSONResponse({"error": message}, status_code=status, headers=challenge)
+        await response(scope, receive, send)
+
+    def _before_body(self, scope: Scope, headers: Headers) -> tuple[int, str] | None:
+        if scope["path"].startswith(ADMIN_PATH):
+            refusal = admin_refusal(headers.get("authorization", ""), self.admin_token)
+            if refusal is not None:
+                return refusal
+        declared = headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return 413, f"{self._too_large()} (Content-Length: {declared[:40]})"
+        return None
+
+    def _too_large(self) -> str:
+        return f"request body over the limit of {self.max_bytes} bytes"
+
+
+def _body_refusal(body: bytes, headers: Headers) -> tuple[int, str] | None:
+    """(status, message) for a POST body no endpoint should see, else None."""
+    content_type = headers.get("content-type", "")
+    if body and content_type.split(";")[0].strip().lower() != "application/json":
+        return 415, (
+            "the body must be JSON: expected Content-Type: application/json, "
+            f"got {content_type[:80] or 'none'}"
+        )
+    key = duplicate_key(body)
+    if key is not None:
+        return 400, f"duplicate key {key[:80]!r} in a JSON object: send each key once"
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it is over `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body already read, then whatever comes next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The first key repeated within one object of a JSON body; None for a body without one,
+    and for a body that is not JSON at all (the endpoint's own parser names that problem)."""
+    try:
+        json.loads(body, object_pairs_hook=_no_repeats)
+    except _DuplicateKey as repeated:
+        return str(repeated.args[0])
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+ADMIN_PATH = "/admin/"
+ADMIN_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorMessage, "description": description}
+    for status, description in {
+        400: "the model was refused: a part is broken or the parts disagree",
+        401: "missing or wrong token",
+        403: f"admin endpoints are disabled: {ADMIN_TOKEN_ENV} is not set",
+        404: "no such model in the store",
+        **GUARD_RESPONSES,
+    }.items()
+}
+# Declares the scheme in the OpenAPI spec; `RequestGuard` enforces it, before any body is read.
+ADMIN_BEARER = HTTPBearer(auto_error=False, description=f"the token in {ADMIN_TOKEN_ENV}")
+
+
+def admin_refusal(authorization: str, token: str) -> tuple[int, str] | None:
+    """None if `authorization` is `Bearer <token>` (compared in constant time), else (403, why)
+    while no token is set, or (401, why)."""
+    if not token:
+        return 403, f"admin endpoints are disabled: set {ADMIN_TOKEN_ENV}"
+    scheme, _, supplied = authorization.partition(" ")
+    # Starlette decodes header bytes as latin-1: encoding back gives the bytes as sent.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        supplied.strip().encode("latin-1"), token.encode()
+    ):
+        return 401, "missing or wrong admin token: send Authorization: Bearer <token>"
+    return None

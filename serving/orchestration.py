@@ -1,0 +1,199 @@
+"""A request's path through the service: features, the batched top-k, and the response.
+
+The entry service (`service.py`) and the FastAPI peer (`benchmarks/peer_fastapi.py`) both
+answer with `recommend`; they differ only in the `Rank` they pass: a coalesced call to the
+batched Embedder service, or `rank_queries` on a model loaded in the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import faiss
+import numpy as np
+import torch
+from prometheus_client import Histogram
+
+from serving.catalog import Catalog
+from serving.recommender import ModelVersions, Ranked, Recommender
+from serving.schemas import (
+    RankedPositions,
+    Recommendation,
+    RecommendRequest,
+    RecommendResponse,
+    UserQuery,
+)
+from serving.settings import EmbedderConfig, ServiceSettings
+from training.features import EncodedUser
+
+Rank = Callable[[list[UserQuery]], Awaitable[list[RankedPositions]]]
+
+# In /metrics next to BentoML's own: how well the entry service coalesces its Embedder calls.
+EMBEDDER_CALL_QUERIES = Histogram(
+    "gamerec_embedder_call_queries",
+    "User queries per call of the entry service to the Embedder (coalesced, serving/coalesce.py)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+
+
+def load_recommender(tag: str, settings: ServiceSettings) -> Recommender:
+    """Load and check a model version, with this process's configured thread counts."""
+    torch.set_num_threads(settings.torch_threads)
+    faiss.omp_set_num_threads(settings.faiss_threads)
+    return Recommender.from_store(tag)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model version the entry service answers with; a reload replaces the whole object,
+    so a request that read it once finishes with the version it started with."""
+
+    recommender: Recommender
+    catalog: Catalog
+
+    @classmethod
+    def of(cls, recommender: Recommender) -> ServedModel:
+        return cls(recommender, Catalog(recommender.artifacts))
+
+    @property
+    def tag(self) -> str:
+        return self.recommender.artifacts.tag
+
+
+async def recommend(
+    served: ServedModel, requests: list[RecommendRequest], rank: Rank
+) -> list[RecommendResponse]:
+    """Answers in request order: players with a known game through `rank` (one call for all),
+    the others from popularity (cold start)."""
+    users = served.recommender.encode([r.record() for r in requests])
+    catalog = served.catalog
+    excluded = [
+        catalog.positions(r.exclude_games)
+        | (catalog.outside_genres(r.only_genres) if r.only_genres else set())
+        for r in requests
+    ]
+    warm = [i for i, u in enumerate(users) if len(u.game_positions)]
+    queries = [
+        UserQuery.from_encoded(users[i], excluded[i], requests[i].top_k, served.tag) for i in warm
+    ]
+    ranked = dict(zip(warm, await rank(queries), strict=True)) if warm else {}
+    responses = []
+    for i, (request, user) in enumerate(zip(requests, users, strict=True)):
+        if i in ranked:
+            answer = ranked[i]
+            result = Ranked(positions=np.array(answer.positions), scores=np.array(answer.scores))
+        else:
+            result = catalog.popular(request.top_k, excluded[i], request.genres)
+        responses.append(
+            shape_response(request, user, result, i not in ranked, catalog, served.tag)
+        )
+    return responses
+
+
+def rank_queries(
+    versions: ModelVersions, queries: list[UserQuery], faiss_threads: int
+) -> list[RankedPositions]:
+    """The batched runner's work: one user-tower pass and one FAISS search per model version
+    among the queries; answers in query order."""
+    # OpenMP thread counts are per calling thread, and callers run this in pool threads.
+    faiss.omp_set_num_threads(faiss_threads)
+    ranked: dict[int, Ranked] = {}
+    for tag in dict.fromkeys(q.model_tag for q in queries):
+        batch = [i for i, q in enumerate(queries) if q.model_tag == tag]
+        found = versions.get(tag).top_k(
+            [queries[i].encoded() for i in batch],
+            max(queries[i].k for i in batch),
+            [set(queries[i].exclude) for i in batch],
+        )
+        ranked.update(zip(batch, found, strict=True))
+    return [
+        RankedPositions(
+            positions=ranked[i].positions[: q.k].tolist(), scores=ranked[i].scores[: q.k].tolist()
+        )
+        for i, q in enumerate(queries)
+    ]
+
+
+def retrying(call: Rank, cfg: EmbedderConfig) -> Rank:
+    """`call`, retried while the Embedder's worker restarts (connection refused or dropped) for
+    up to `cfg.retry_s`, so that callers see latency, not errors."""
+
+    async def rank(queries: list[UserQuery]) -> list[RankedPositions]:
+        EMBEDDER_CALL_QUERIES.observe(len(queries))
+        deadline = time.monotonic() + cfg.retry_s
+        while True:
+            try:
+                return await call(queries)
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(cfg.retry_interval_s)
+
+    return rank
+
+
+def shape_response(
+    request: RecommendRequest,
+    user: EncodedUser,
+    ranked: Ranked,
+    cold_start: bool,
+    catalog: Catalog,
+    model_tag: str,
+) -> RecommendResponse:
+    reasons = catalog.because_you_played(ranked.positions, user.game_positions)
+    # Python ints and floats first: iterating numpy arrays yields slow numpy scalars.
+    recommendations = [
+        Recommendation(
+            game_id=catalog.ids[g],
+            title=catalog.titles[g],
+            genres=catalog.genres[g],
+            score=score,
+            because_you_played=reason,
+        )
+        for g, score, reason in zip(
+            ranked.positions.tolist(), ranked.scores.tolist(), reasons, strict=True
+        )
+    ]
+    return RecommendResponse(
+        user_id=request.user_id,
+        model=model_tag,
+        cold_start=cold_start,
+        recommendations=recommendations,
+        unknown_games=list(user.unknown_games),
+        unknown_genres=list(user.unknown_genres),
+    )
+
+
+def similar_games(served: ServedModel, game_id: str, k: int) -> dict | None:
+    """`GET /similar`'s answer: the game and its nearest games; None for an unknown id."""
+    position = served.recommender.artifacts.vocab.game_index.get(game_id)
+    if position is None:
+        return None
+    ranked = served.recommender.similar(position, k)
+    return {
+        "game": served.catalog.game(position).model_dump(),
+        "similar": [
+            {**served.catalog.game(int(g)).model_dump(), "score": float(s)}
+            for g, s in zip(ranked.positions, ranked.scores, strict=True)
+        ],
+    }
+
+
+def model_info(served: ServedModel) -> dict:
+    """`GET /info`'s answer: model, data set, catalog, index and the evaluation table."""
+    artifacts = served.recommender.artifacts
+    metrics = artifacts.metrics
+    return {
+        "model": artifacts.tag,
+        "created": artifacts.created,
+        "dataset": artifacts.dataset,
+        "catalog_size": len(served.catalog.ids),
+        "embedding_dim": int(artifacts.item_embeddings.shape[1]),
+        "index": metrics["index"],
+        "evaluation": metrics["evaluation"],
+        "training": {k: v for k, v in metrics["training"].items() if k != "epochs"},
+    }

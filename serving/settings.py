@@ -1,0 +1,90 @@
+"""The service's settings: `configs/service.yaml`, and the service's environment variables.
+
+This is the one place the service reads `GAMEREC_*` variables (the dashboard, a separate
+program, reads its own in `dashboard/settings.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.config import CONFIG_DIR, ConfigError, Strict, load_yaml, validate
+
+
+class ServiceEnvironment(BaseSettings):
+    """`GAMEREC_MODEL_TAG` and `GAMEREC_ADMIN_TOKEN`; unset means "not given"."""
+
+    model_config = SettingsConfigDict(env_prefix="GAMEREC_", extra="ignore")
+
+    model_tag: str | None = Field(None, description="overrides `model_tag` of service.yaml")
+    admin_token: SecretStr = Field(
+        SecretStr(""), description="bearer token of /admin/*; unset, those endpoints answer 403"
+    )
+
+
+class BatchingConfig(Strict):
+    max_batch_size: int = Field(ge=1, description="users per call of the batched service")
+    max_latency_ms: int = Field(
+        ge=1, description="BentoML answers 503 when it expects a batch to wait longer"
+    )
+
+
+class LimitsConfig(Strict):
+    max_body_bytes: int = Field(ge=1024, description="larger bodies get 413 unread")
+    max_history: int = Field(ge=1, description="games in time_played or achievements")
+    max_minutes: float = Field(gt=0, description="minutes played per game")
+    max_top_k: int = Field(ge=1)
+    max_batch_requests: int = Field(ge=1, description="requests in one /recommend_batch")
+    max_id_length: int = Field(ge=1, description="characters in a user, game or genre id")
+    max_genres: int = Field(ge=0)
+    max_games_page: int = Field(ge=1, description="games in one answer of GET /games")
+
+
+class EmbedderConfig(Strict):
+    """How the entry service calls the inner (Embedder) service, and rides out its restart."""
+
+    max_calls_in_flight: int = Field(
+        ge=1, description="calls out at once; queries waiting meanwhile go out together"
+    )
+    retry_s: float = Field(ge=0, description="retry a refused call for this long")
+    retry_interval_s: float = Field(gt=0)
+    probe_timeout_s: int = Field(ge=1, description="/readyz: the Embedder must answer in this")
+
+
+class ServiceSettings(Strict):
+    model_tag: str
+    workers: int = Field(ge=1, description="processes of the HTTP entry service")
+    torch_threads: int = Field(ge=1)
+    faiss_threads: int = Field(ge=1)
+    trace_recommend: bool = Field(description="OpenTelemetry spans for the /recommend routes")
+    request_timeout_s: float = Field(gt=0, description="BentoML answers 504 after this")
+    model_versions_kept: int = Field(
+        ge=2, description="versions each process keeps loaded: the served one and the previous"
+    )
+    batching: BatchingConfig
+    embedder: EmbedderConfig
+    limits: LimitsConfig
+    admin_token: SecretStr = Field(description="from GAMEREC_ADMIN_TOKEN only, never the file")
+
+
+def load_service_settings(path: Path | str | None = None) -> ServiceSettings:
+    """`configs/service.yaml` (or `path`), with the environment's model tag and admin token."""
+    path = Path(path) if path else CONFIG_DIR / "service.yaml"
+    raw = load_yaml(path)
+    if "admin_token" in raw:
+        raise ConfigError(f"{path}: admin_token is a secret: set GAMEREC_ADMIN_TOKEN instead")
+    environment = ServiceEnvironment()
+    raw["admin_token"] = environment.admin_token
+    if environment.model_tag:
+        raw["model_tag"] = environment.model_tag
+    return validate(ServiceSettings, raw, path)
+
+
+@functools.cache
+def service_settings() -> ServiceSettings:
+    """This process's settings, read once."""
+    return load_service_settings()

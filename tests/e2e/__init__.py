@@ -1,0 +1,1 @@
+"""End-to-end tests: a real browser, the container image, the real Steam data."""

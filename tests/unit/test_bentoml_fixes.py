@@ -1,0 +1,737 @@
+"""BentoML 1.4.40's bugs that serving/bentoml_fixes.py works around: each shown on unpatched
+BentoML, then gone with the fix (numbered as in that module). Fast: no `bentoml serve`, no
+model; tiny services driven in process.
+
+The tests of unpatched behaviour skip when something in this process already patched BentoML
+(importing service.py does); every patch a test applies is undone after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import inspect
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+import warnings
+import weakref
+from types import SimpleNamespace
+
+import aiohttp
+import bentoml
+import pytest
+from _bentoml_impl.client.proxy2 import RemoteProxy, SessionManager
+from _bentoml_sdk.service.factory import Service
+from bentoml._internal.bento.bento import BentoModelInfo
+from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.models import ModelStore
+from bentoml._internal.server.http import traffic
+from bentoml._internal.service.openapi.utils import exception_components_schema
+from bentoml.exceptions import NotFound
+from opentelemetry import trace
+from opentelemetry.instrumentation import asgi as otel_asgi
+from opentelemetry.util.http import ExcludeList
+from pydantic import BaseModel
+from simple_di import sentinel
+
+from serving import bentoml_fixes as fixes
+
+# BentoML's own code, captured before any test patches it.
+ORIGINAL_TIMEOUT_CALL = traffic.TimeoutMiddleware.__call__
+ORIGINAL_OPENAPI_SPEC = inspect.getattr_static(Service, "openapi_spec")
+unpatched_timeout = pytest.mark.skipif(
+    ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__,
+    reason="TimeoutMiddleware was already patched in this process (service.py imported?)",
+)
+unpatched_openapi = pytest.mark.skipif(
+    ORIGINAL_OPENAPI_SPEC.fget.__module__ != "_bentoml_sdk.service.factory",
+    reason="Service.openapi_spec was already patched in this process (service.py imported?)",
+)
+
+
+def test_the_service_refuses_another_bentoml_version() -> None:
+    assert bentoml.__version__ == fixes.BENTOML_VERSION  # what these tests show bugs of
+    fixes.check_bentoml_version(fixes.BENTOML_VERSION)
+    with pytest.raises(RuntimeError, match=r"written for bentoml 1\.4\.40, but 1\.5\.0"):
+        fixes.check_bentoml_version("1.5.0")
+
+
+# ------------------------------------------------------------------- tiny probe services
+
+
+class Query(BaseModel):
+    user_id: str
+    genre: str | None = None  # JSON Schema 2020-12 / OpenAPI 3.1: {"type": "null"}
+
+
+class Ranked(BaseModel):
+    ids: list[str]
+
+
+@bentoml.service(name="fixes_probe_spec")
+class SpecProbe:
+    @bentoml.api
+    def rank(self, query: Query) -> list[Ranked]:  # a root-model output (like Embedder.top_k)
+        return [Ranked(ids=[query.user_id])]
+
+    @bentoml.api
+    def whole(self, query: Query) -> Ranked:  # a BaseModel output
+        return Ranked(ids=[query.user_id])
+
+    @bentoml.api
+    def missing(self, tag: str) -> str:  # like the Embedder's `load` of an unknown version
+        raise NotFound(f"no model {tag}")
+
+    @bentoml.api
+    def defaults(self, tag: str = "current") -> str:  # every parameter has a default
+        return tag
+
+
+@bentoml.service(name="fixes_probe_task")
+class TaskProbe:
+    @bentoml.task
+    def job(self, x: int) -> int:
+        return x
+
+
+@bentoml.service(name="fixes_probe_inner", **fixes.inner_service_config("/top_k", "/load"))
+class InnerProbe:
+    @bentoml.api
+    def top_k(self, queries: list[Query]) -> list[Ranked]:
+        return [Ranked(ids=[q.user_id]) for q in queries]
+
+    @bentoml.api
+    def load(self, tag: str) -> str:
+        return tag
+
+
+@bentoml.service(name="fixes_probe_entry", **fixes.untraced_routes_config("/recommend"))
+class EntryProbe:
+    inner = bentoml.depends(InnerProbe)
+
+    @bentoml.api
+    def recommend(self, query: Query) -> Ranked:
+        return Ranked(ids=[query.user_id])
+
+
+@bentoml.service(name="fixes_probe_plain")
+class PlainProbe:  # BentoML's defaults: recycling on, everything traced, logged, measured
+    @bentoml.api
+    def top_k(self, queries: list[Query]) -> list[Ranked]:
+        return []
+
+
+@bentoml.service(name="fixes_probe_load")
+class LoadProbe:  # InnerProbe's /load, with BentoML's default tracing
+    @bentoml.api
+    def load(self, tag: str) -> str:
+        return tag
+
+
+def _asgi_app(service, *, is_main: bool = True):
+    """`service.to_asgi()` as a worker builds it, with the process-wide cache of the tracing
+    exclusions emptied first (a SingletonFactory: one worker serves one service, this test
+    process builds several)."""
+    BentoMLContainer.tracing_excluded_urls._cache = sentinel
+    return service.to_asgi(is_main=is_main)
+
+
+@pytest.fixture
+def in_process():
+    """A tiny service served in-process (starlette's TestClient: lifespan and all, no socket).
+    Metrics collectors it registers are unregistered after, so that services can follow one
+    another in this process (a worker only ever registers one service's)."""
+    from prometheus_client import REGISTRY
+    from starlette.testclient import TestClient
+
+    before = set(REGISTRY._collector_to_names)
+    quiet = [logging.getLogger(n) for n in ("bentoml", "bentoml._internal.server.http_app")]
+    clients = []
+
+    def forget_new_collectors():
+        for collector in set(REGISTRY._collector_to_names) - before:
+            REGISTRY.unregister(collector)
+
+    def serve(service, *, is_main: bool = True):
+        forget_new_collectors()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # starlette's TestClient-with-httpx deprecation
+            client = TestClient(_asgi_app(service, is_main=is_main))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    for logger in quiet:
+        logger.disabled = True  # the 400s log their tracebacks: expected here
+    try:
+        yield serve
+    finally:
+        for client in reversed(clients):
+            client.__exit__(None, None, None)
+        for logger in quiet:
+            logger.disabled = False
+        forget_new_collectors()
+
+
+def _middleware(app, cls):
+    found = [m for m in app.user_middleware if m.cls is cls]
+    return found[0] if found else None
+
+
+# ================================================== 1. connection recycling (issue 5540)
+
+
+async def _unix_echo_server(sock_path: str):
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"received": len(await request.read())})
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, sock_path).start()
+    return runner
+
+
+async def _in_flight_request_across_a_recycle(**recycling) -> list:
+    """The `bentoml.depends()` client's SessionManager, over a unix socket as between two
+    services: request A is streaming its body (as `AsyncClient._build_payload` does) when
+    request B is the one that crosses `max_requests`; A's outcome and B's are returned."""
+    sock_dir = tempfile.mkdtemp(prefix="fx", dir="/tmp")  # short: AF_UNIX paths <= 107 bytes
+    sock = os.path.join(sock_dir, "s.sock")
+    runner = await _unix_echo_server(sock)
+    manager = SessionManager(url=pathlib.Path(sock).as_uri(), timeout=5, headers={}, **recycling)
+    try:
+        for _ in range(manager.max_requests if manager.max_requests < 1000 else 3):
+            session = await manager.get_session()  # the calls before: fill the pool's quota
+            async with session.post("/echo", data=b"warm-up") as resp:
+                await resp.read()
+        a_is_writing = asyncio.Event()
+
+        async def body():
+            yield b"a" * 10
+            a_is_writing.set()
+            await asyncio.sleep(0.05)
+            yield b"a" * 10
+
+        async def request_a():
+            session = await manager.get_session()
+            async with session.post("/echo", data=body()) as resp:
+                return await resp.json()
+
+        async def request_b():
+            await a_is_writing.wait()
+            session = await manager.get_session()  # over max_requests: recycles the pool
+            async with session.post("/echo", data=b"b") as resp:
+                return await resp.json()
+
+        return await asyncio.gather(request_a(), request_b(), return_exceptions=True)
+    finally:
+        await manager.close()
+        await runner.cleanup()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def quiet_aiohttp_server():
+    """The echo server logs the connection the client drops; that is the point, not noise."""
+    logger = logging.getLogger("aiohttp.server")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
+
+
+def test_1_recycling_breaks_a_request_in_flight(quiet_aiohttp_server) -> None:
+    """BentoML's default (runner_connection max_requests=100): the 101st call closes the pool
+    under the request still using it."""
+    a, b = asyncio.run(_in_flight_request_across_a_recycle())  # SessionManager's defaults
+    assert b == {"received": 1}
+    assert isinstance(a, aiohttp.ClientError), f"request in flight survived the recycle: {a!r}"
+
+
+def test_1_no_recycling_keeps_it(quiet_aiohttp_server) -> None:
+    a, b = asyncio.run(_in_flight_request_across_a_recycle(**fixes.NO_RECYCLING))
+    assert a == {"received": 20} and b == {"received": 1}
+
+
+def test_1_no_recycling_reaches_the_callers_client() -> None:
+    """`runner_connection` on the *called* service is what the caller's `bentoml.depends()`
+    client (RemoteProxy) reads, once the caller's worker has injected its config."""
+    EntryProbe.inject_config()  # what EntryProbe.to_asgi() does in the entry worker
+    inner = RemoteProxy("http://127.0.0.1:9", service=InnerProbe)
+    plain = RemoteProxy("http://127.0.0.1:9", service=PlainProbe)
+    try:
+        recycling = {
+            name: (
+                proxy._async._session_manager.max_requests,
+                proxy._async._session_manager.max_age,
+            )
+            for name, proxy in (("inner", inner), ("plain", plain))
+        }
+        assert recycling["inner"] == (
+            fixes.NO_RECYCLING["max_requests"],
+            fixes.NO_RECYCLING["max_age"],
+        )
+        assert fixes.NO_RECYCLING["max_requests"] > 10**9 and fixes.NO_RECYCLING["max_age"] > 10**8
+        assert recycling["plain"] == (100, 300.0)  # BentoML's defaults
+    finally:
+        asyncio.run(inner.close())
+        asyncio.run(plain.close())
+
+
+# ======================================================== 2. TimeoutMiddleware's timer
+
+
+@pytest.fixture
+def patched_timeout_call(monkeypatch):
+    """The fixed `__call__`, restored to BentoML's own after the test."""
+    monkeypatch.setattr(traffic.TimeoutMiddleware, "__call__", ORIGINAL_TIMEOUT_CALL)
+    returned = fixes.patch_timeout_middleware()
+    call = returned if callable(returned) else traffic.TimeoutMiddleware.__call__
+    assert call is not ORIGINAL_TIMEOUT_CALL
+    return call
+
+
+REQUEST_STATE = contextvars.ContextVar("request_state")
+
+
+class RequestObject:
+    """Stands for what a request has in its context when it reaches TimeoutMiddleware (the
+    tracing middleware's span and context sit outside it)."""
+
+
+async def _ok_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _call(call, app, timeout: float, path: str = "/x") -> list[dict]:
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await call(
+        traffic.TimeoutMiddleware(app, timeout=timeout),
+        {"type": "http", "path": path},
+        receive,
+        send,
+    )
+    return sent
+
+
+async def _requests_then_count(call, n: int) -> tuple[int, int]:
+    """n requests, one after another, through a 30 s TimeoutMiddleware; then how many request
+    objects are still alive, and how many of the loop's timers are still armed."""
+    refs = []
+
+    async def one_request():
+        state = RequestObject()
+        refs.append(weakref.ref(state))
+        REQUEST_STATE.set(state)
+        sent = await _call(call, _ok_app, timeout=30)
+        assert sent[0]["status"] == 200
+
+    for _ in range(n):
+        await asyncio.create_task(one_request())  # a task per request, as uvicorn does
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the loop drops cancelled timers at the head of its heap
+    gc.collect()
+    loop = asyncio.get_running_loop()
+    armed = [h for h in getattr(loop, "_scheduled", ()) if not h.cancelled()]
+    return sum(ref() is not None for ref in refs), len(armed)
+
+
+@unpatched_timeout
+def test_2_every_request_leaves_an_armed_timer_holding_its_context() -> None:
+    alive, armed = asyncio.run(_requests_then_count(ORIGINAL_TIMEOUT_CALL, 200))
+    assert armed == 200  # one `call_later(30, ...)` per request, none cancelled
+    assert alive == 200  # each timer's Handle holds a copy of its request's contextvars
+
+
+def test_2_patched_middleware_cancels_it(patched_timeout_call) -> None:
+    assert asyncio.run(_requests_then_count(patched_timeout_call, 200)) == (0, 0)
+
+
+@pytest.mark.parametrize("which", ["original", "patched"])
+def test_2_same_under_uvloop(which, request) -> None:
+    """uvicorn runs BentoML's workers on uvloop when it is installed (it is): same leak."""
+    uvloop = pytest.importorskip("uvloop")
+    if which == "original":
+        if ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__:
+            pytest.skip("TimeoutMiddleware already patched in this process")
+        call = ORIGINAL_TIMEOUT_CALL
+    else:
+        call = request.getfixturevalue("patched_timeout_call")
+    alive, _ = uvloop.run(_requests_then_count(call, 100))
+    assert alive == (100 if which == "original" else 0)
+
+
+async def _raises_before_responding(scope, receive, send):
+    raise RuntimeError("handler failed before sending anything")
+
+
+@unpatched_timeout
+def test_2_handler_error_without_response_waits_the_whole_timeout() -> None:
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Task exception was never retrieved" at GC
+        sent = asyncio.run(_call(ORIGINAL_TIMEOUT_CALL, _raises_before_responding, timeout=0.3))
+        gc.collect()
+    elapsed = time.perf_counter() - start
+    assert elapsed >= 0.28, "the original should sit out the timeout"
+    assert sent == []  # ... and then return as if all went well: the error is swallowed
+
+
+def test_2_patched_handler_error_returns_at_once(patched_timeout_call) -> None:
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="before sending anything"):
+        asyncio.run(_call(patched_timeout_call, _raises_before_responding, timeout=0.3))
+    assert time.perf_counter() - start < 0.2
+
+
+async def _slow_app(scope, receive, send):
+    await asyncio.sleep(1)
+    await _ok_app(scope, receive, send)
+
+
+async def _starts_then_slow(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await asyncio.sleep(0.1)  # past the timeout, but the response has started
+    await send({"type": "http.response.body", "body": b"late but whole"})
+
+
+@pytest.mark.parametrize("which", ["original", "patched"])
+def test_2_timeout_semantics_kept(which, request) -> None:
+    """Regression guard: the fix keeps BentoML's semantics (504 if nothing was sent within the
+    timeout; no limit once the response has started, e.g. streaming)."""
+    if which == "original":
+        if ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__:
+            pytest.skip("TimeoutMiddleware already patched in this process")
+        call = ORIGINAL_TIMEOUT_CALL
+    else:
+        call = request.getfixturevalue("patched_timeout_call")
+    start = time.perf_counter()
+    sent = asyncio.run(_call(call, _slow_app, timeout=0.05))
+    assert sent[0]["status"] == 504 and time.perf_counter() - start < 0.5
+    sent = asyncio.run(_call(call, _starts_then_slow, timeout=0.05))
+    assert sent[0]["status"] == 200 and sent[-1]["body"] == b"late but whole"
+
+
+def test_2_freeze_startup_objects_takes_them_out_of_collections() -> None:
+    before = gc.get_freeze_count()
+    try:
+        fixes.freeze_startup_objects()
+        assert gc.get_freeze_count() > before  # permanent generation: no full GC scans them
+    finally:
+        gc.unfreeze()
+
+
+# ========================================================= 3. mime_type() per response
+
+
+@pytest.fixture
+def schema_builds(monkeypatch):
+    """Counts pydantic JSON-schema generations (BaseModel.model_json_schema ends here)."""
+    import pydantic.json_schema
+
+    calls = []
+    generate = pydantic.json_schema.GenerateJsonSchema.generate
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(pydantic.json_schema.GenerateJsonSchema, "generate", counting)
+    return calls
+
+
+async def _responses(output_spec, n: int) -> list[str]:
+    from _bentoml_impl.serde import JSONSerde
+
+    value = [Ranked(ids=["u"])]
+    return [(await output_spec.to_http_response(value, JSONSerde())).media_type for _ in range(n)]
+
+
+def test_3_every_response_builds_the_output_json_schema(schema_builds, monkeypatch) -> None:
+    output_spec = SpecProbe.apis["rank"].output_spec  # list[Ranked]: an IORootModel
+    monkeypatch.setattr(output_spec, "media_type", None)  # BentoML's state: nothing cached
+    assert asyncio.run(_responses(output_spec, 5)) == ["application/json"] * 5
+    assert len(schema_builds) == 5  # one whole JSON schema per response, to learn "JSON"
+
+
+def test_3_cache_media_types_builds_it_once(schema_builds, monkeypatch) -> None:
+    for api in SpecProbe.apis.values():  # restored after the test
+        monkeypatch.setattr(api.output_spec, "media_type", None)
+    output_spec = SpecProbe.apis["rank"].output_spec
+    fixes.cache_media_types(SpecProbe)  # at import, in the project
+    built_at_import = len(schema_builds)
+    assert asyncio.run(_responses(output_spec, 5)) == ["application/json"] * 5
+    assert built_at_import >= 1 and len(schema_builds) == built_at_import  # none per response
+
+
+def test_3_only_root_model_outputs_pay(schema_builds) -> None:
+    """A BaseModel output (`-> Ranked`) never builds a schema in mime_type(): the fix matters
+    for outputs like `list[...]`, `str`, `dict` (the Embedder's `top_k` and `load`)."""
+    assert SpecProbe.apis["whole"].output_spec.mime_type() == "application/json"
+    assert schema_builds == []
+
+
+# ============================== 4. the inner hop's per-request work, 5. spans nobody reads
+
+
+@pytest.fixture
+def span_starts(monkeypatch):
+    """The spans the OpenTelemetry SDK starts: the request's server span, and one per ASGI
+    message sent or received (the middleware wraps `send` and `receive`)."""
+    from opentelemetry.sdk.trace import Tracer
+
+    spans = []
+    start_span = Tracer.start_span
+
+    def counting(self, name, *args, **kwargs):
+        span = start_span(self, name, *args, **kwargs)
+        spans.append((name, span.is_recording(), span.get_span_context().trace_flags.sampled))
+        return span
+
+    monkeypatch.setattr(Tracer, "start_span", counting)
+    return spans
+
+
+def _through_otel(service, path: str) -> dict:
+    """A request to `path` through the OpenTelemetry middleware exactly as `service`'s worker
+    configures it (BentoML's default: an SDK tracer provider, sample rate 0, no exporter)."""
+    otel = _middleware(_asgi_app(service), otel_asgi.OpenTelemetryMiddleware)
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen["span_valid"] = trace.get_current_span().get_span_context().is_valid
+        seen["send_wrapped"] = send is not original_send
+        await _ok_app(scope, receive, send)
+
+    async def original_send(message):
+        pass
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:3000")],
+        "server": ("127.0.0.1", 3000),
+        "client": ("127.0.0.1", 50000),
+    }
+    asyncio.run(otel.cls(app, *otel.args, **otel.kwargs)(scope, receive, original_send))
+    seen["processors"] = otel.kwargs["tracer_provider"]._active_span_processor._span_processors
+    return seen
+
+
+def test_5_default_records_spans_nobody_reads(span_starts) -> None:
+    """Sample rate 0 and no exporter, yet BentoML's sampler (TraceIdRatioBasedAlwaysRecording,
+    "always recording, so that we can get the trace_id") makes every span a recording one."""
+    seen = _through_otel(PlainProbe, "/top_k")
+    assert seen == {"span_valid": True, "send_wrapped": True, "processors": ()}  # no exporter
+    assert [name for name, _, _ in span_starts] == [
+        "POST /top_k",
+        "POST /top_k http send",
+        "POST /top_k http send",
+    ]
+    assert all(recording and not sampled for _, recording, sampled in span_starts)
+
+
+def test_5_untraced_routes_skip_the_spans(span_starts) -> None:
+    assert _through_otel(EntryProbe, "/recommend") == {
+        "span_valid": False,
+        "send_wrapped": False,
+        "processors": (),
+    }
+    assert _through_otel(InnerProbe, "/top_k")["send_wrapped"] is False
+    assert _through_otel(InnerProbe, "/load")["send_wrapped"] is False
+    assert span_starts == []
+    _through_otel(EntryProbe, "/recommend_batch")  # exact paths: a neighbour stays traced
+    assert span_starts and span_starts[0][0] == "POST /recommend_batch"
+
+
+def test_5_exclusions_are_exactly_those_paths():
+    excluded = ExcludeList(
+        fixes.untraced_routes_config("/recommend", "/recommend_batch")["tracing"]["excluded_urls"]
+    )
+    for path in ("/recommend", "/recommend_batch"):
+        assert excluded.url_disabled(f"http://127.0.0.1:3000{path}")
+    for path in ("/similar", "/recommend/x", "/recommendations", "/readyz"):
+        assert not excluded.url_disabled(f"http://127.0.0.1:3000{path}")
+    # trace_recommend: true leaves BentoML's setting alone
+    assert fixes.untraced_routes_config() == {}
+
+
+def test_5_untraced_routes_lose_the_request_id_header(in_process) -> None:
+    """Side effect, not a bug: BentoML takes its request id from the server span, so an
+    untraced `@bentoml.api` answers without `X-BentoML-Request-ID` (and logs no trace ids)."""
+    untraced = in_process(InnerProbe, is_main=False).post("/load", json={"tag": "t"})
+    traced = in_process(LoadProbe, is_main=False).post("/load", json={"tag": "t"})
+    assert untraced.status_code == traced.status_code == 200
+    assert "x-bentoml-request-id" not in untraced.headers
+    assert "x-bentoml-request-id" in traced.headers
+
+
+def test_4_inner_service_skips_access_log_and_metrics() -> None:
+    from bentoml._internal.server.http.access import AccessLogMiddleware
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    plain = _asgi_app(PlainProbe, is_main=False)
+    inner = _asgi_app(InnerProbe, is_main=False)
+    assert _middleware(plain, AccessLogMiddleware) and _middleware(
+        plain, RunnerTrafficMetricsMiddleware
+    )
+    assert not _middleware(inner, AccessLogMiddleware)
+    assert not _middleware(inner, RunnerTrafficMetricsMiddleware)
+
+
+# ============================================================================ 6. OpenAPI
+
+
+@pytest.fixture
+def corrected_openapi(monkeypatch):
+    """Applies correct_openapi_spec; both globals it changes are restored after the test."""
+    monkeypatch.setattr(Service, "openapi_spec", ORIGINAL_OPENAPI_SPEC)
+    invalid = exception_components_schema()["InvalidArgument"]
+    monkeypatch.setitem(invalid.properties, "detail", invalid.properties["detail"])
+    fixes.correct_openapi_spec()
+    yield
+
+
+def _spec(service) -> dict:
+    return json.loads(json.dumps(service.openapi_spec.asdict()))  # what /docs.json serves
+
+
+def _meta_schema_errors(spec: dict, version: str) -> list[str]:
+    definitions = pytest.importorskip("schemathesis.specs.openapi.definitions")
+    validator = {"3.0": definitions.OPENAPI_30_VALIDATOR, "3.1": definitions.OPENAPI_31_VALIDATOR}
+    return [str(e).splitlines()[0][:120] for e in validator[version].iter_errors(spec)]
+
+
+@unpatched_openapi
+def test_6_bentoml_spec_is_not_openapi_3_0_as_labelled() -> None:
+    spec = _spec(SpecProbe)
+    assert spec["openapi"] == "3.0.2"
+    assert '{"type": "null"}' in json.dumps(spec)  # JSON Schema 2020-12, i.e. OpenAPI 3.1
+    assert _meta_schema_errors(spec, "3.0"), "as 3.0 it is invalid: 3.0 has no type null"
+    errors_as_31 = _meta_schema_errors(spec, "3.1")
+    assert len(errors_as_31) == 1 and "3.0.2" in errors_as_31[0]  # only the label is wrong
+
+
+@unpatched_openapi
+def test_6_bentoml_spec_body_optional_and_detail_a_string() -> None:
+    spec = _spec(SpecProbe)
+    assert "required" not in spec["paths"]["/rank"]["post"]["requestBody"]
+    detail = spec["components"]["schemas"]["InvalidArgument"]["properties"]["detail"]
+    assert detail["type"] == "string"
+
+
+def test_6_what_bentoml_actually_answers(in_process) -> None:
+    """The server's side of the disagreement: no body -> 400; bad body -> 400 whose `detail`
+    is the list of pydantic errors."""
+    client = in_process(SpecProbe)
+    no_body = client.post("/rank")
+    bad = client.post("/rank", json={"query": {"user_id": 1}})
+    good = client.post("/rank", json={"query": {"user_id": "u1"}})
+    assert no_body.status_code == 400
+    assert bad.status_code == 400 and isinstance(bad.json()["detail"], list)
+    assert bad.json()["detail"][0]["loc"] == ["query", "user_id"]
+    assert good.status_code == 200 and good.json() == [{"ids": ["u1"]}]
+    # Beyond the fix (upstream #4232 / open PR #5709): a 4xx BentoMLException answers a JSON
+    # *array*, `[{"error": ...}]`, which neither BentoML's nor the corrected spec describes.
+    missing = client.post("/missing", json={"tag": "v9"})
+    assert missing.status_code == 404 and missing.json() == [{"error": "no model v9"}]
+    # ... and an API whose parameters all have defaults takes no body at all.
+    assert client.post("/defaults").status_code == 200
+
+
+def test_6_corrected_spec(corrected_openapi) -> None:
+    spec = _spec(SpecProbe)
+    assert spec["openapi"] == "3.1.0"
+    assert _meta_schema_errors(spec, "3.1") == []  # a valid OpenAPI 3.1 document
+    for path in ("/rank", "/whole"):
+        post = spec["paths"][path]["post"]
+        assert post["requestBody"]["required"] is True
+        assert {"413", "415"} <= set(post["responses"])  # RequestGuard's answers
+    detail = spec["components"]["schemas"]["InvalidArgument"]["properties"]["detail"]
+    assert {"type": "array", "items": {"type": "object"}} in detail["anyOf"]
+
+
+def test_6_corrected_spec_only_requires_a_body_that_is_required(corrected_openapi) -> None:
+    body = _spec(SpecProbe)["paths"]["/defaults"]["post"]["requestBody"]
+    assert body.get("required", False) is False
+
+
+def test_6_corrected_spec_with_a_task_endpoint(corrected_openapi) -> None:
+    assert _spec(TaskProbe)["openapi"] == "3.1.0"
+
+
+def test_6_correction_is_undone_after_the_test() -> None:
+    """The fixture's restore works (so test order does not matter)."""
+    assert inspect.getattr_static(Service, "openapi_spec") is ORIGINAL_OPENAPI_SPEC
+    assert exception_components_schema()["InvalidArgument"].properties["detail"].type == "string"
+
+
+# ======================================================== 7. the model version of a Bento
+
+
+def test_7_bento_model_latest_resolves_past_the_bento(tmp_path) -> None:
+    """A Bento built with gamerec:v1, served outside a container (global model store) after
+    gamerec:v2 was saved: BentoML resolves `BentoModel("gamerec:latest")` to v2, because
+    `Service.on_load_bento` re-pins only HuggingFaceModel references. pinned_model_tag says v1."""
+
+    @bentoml.service(name="fixes_probe_model")
+    class ModelProbe:
+        model = bentoml.models.BentoModel("gamerec:latest")
+
+        @bentoml.api
+        def version(self) -> str:
+            return str(self.model.tag)
+
+    store = ModelStore(tmp_path / "models")
+    with BentoMLContainer.model_store.patch(store):
+        for version in ("v1", "v2"):
+            with bentoml.models.create(f"gamerec:{version}") as model:
+                (pathlib.Path(model.path) / "weights.txt").write_text(version)
+        built_in = BentoModelInfo.from_bento_model(store.get("gamerec:v1"))
+        bento = SimpleNamespace(  # what on_load_bento and pinned_model_tag read of a Bento
+            tag="gamerec_bento:b1",
+            info=SimpleNamespace(
+                services=[SimpleNamespace(name=ModelProbe.name, models=[built_in])],
+                all_models=[built_in],
+            ),
+        )
+        ModelProbe.on_load_bento(bento)  # what bentoml serve <bento> does after importing
+        reference = ModelProbe.models[0]
+
+        assert ModelProbe.bento is bento and str(reference.tag) == "gamerec:latest"  # not re-pinned
+        assert str(ModelProbe().model.tag) == "gamerec:v2"  # the bug: not the model built in
+        assert fixes.pinned_model_tag(ModelProbe, reference) == "gamerec:v1"  # the fix
+        # Outside a Bento it answers the reference's tag, and BentoML's store.get rewrites a
+        # "latest" Tag in place when it resolves it: the reference now reads v2.
+        assert str(reference.tag) == "gamerec:v2"
+        assert fixes.pinned_model_tag(PlainProbe, reference) == "gamerec:v2"
+        fresh = bentoml.models.BentoModel("gamerec:latest")
+        assert fixes.pinned_model_tag(PlainProbe, fresh) == "gamerec:latest"

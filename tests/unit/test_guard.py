@@ -1,0 +1,98 @@
+"""The request guard and admin auth, on a bare Starlette app (no model, no server)."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from serving.guard import RequestGuard, admin_refusal, duplicate_key
+
+MAX_BYTES = 2048
+TOKEN = "s3cret-token"
+JSON = {"content-type": "application/json"}
+
+
+async def echo(request: Request) -> JSONResponse:
+    return JSONResponse({"received": len(await request.body())})
+
+
+def guarded(admin_token: str = TOKEN) -> TestClient:
+    app = Starlette(
+        routes=[
+            Route("/echo", echo, methods=["GET", "POST"]),
+            Route("/admin/reload", echo, methods=["POST"]),
+        ]
+    )
+    return TestClient(RequestGuard(app, max_bytes=MAX_BYTES, admin_token=admin_token))
+
+
+def test_a_json_body_within_the_limit_reaches_the_endpoint_whole():
+    body = b'{"a": "' + b"x" * 1000 + b'"}'
+    response = guarded().post("/echo", content=body, headers=JSON)
+    assert response.status_code == 200
+    assert response.json() == {"received": len(body)}
+
+
+def test_a_declared_length_over_the_limit_is_413_unread():
+    response = guarded().post("/echo", content=b"{}", headers={**JSON, "content-length": "9999"})
+    assert response.status_code == 413
+    assert str(MAX_BYTES) in response.json()["error"]
+
+
+def test_a_chunked_body_over_the_limit_is_413():
+    def chunks():
+        for _ in range(10):
+            yield b" " * 500
+
+    response = guarded().post("/echo", content=chunks(), headers=JSON)
+    assert response.status_code == 413
+
+
+def test_a_body_that_is_not_json_is_415():
+    response = guarded().post("/echo", content=b"a=1", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]
+
+
+def test_a_repeated_key_is_400_naming_it():
+    response = guarded().post("/echo", content=b'{"top_k": 1, "top_k": 99}', headers=JSON)
+    assert response.status_code == 400
+    assert "'top_k'" in response.json()["error"]
+    assert duplicate_key(b'{"a": {"b": 1, "b": 2}}') == "b"
+    assert duplicate_key(b'{"a": 1, "b": {"a": 2}}') is None  # one key per object
+    assert duplicate_key(b"{not json") is None  # the endpoint's own parser names that
+
+
+def test_admin_endpoint_is_off_without_a_token():
+    client = guarded(admin_token="")
+    for headers, body in [
+        ({}, b""),
+        ({"authorization": "Basic Z3Vlc3M6Z3Vlc3M="}, b'{"tag": "gamerec:latest"}'),
+        ({"authorization": "Bearer guess"}, b"{not json"),  # refused before the body is read
+    ]:
+        response = client.post("/admin/reload", headers={**JSON, **headers}, content=body)
+        assert response.status_code == 403, response.text
+        assert "GAMEREC_ADMIN_TOKEN" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "authorization", ["", "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"]
+)
+def test_a_missing_or_wrong_token_is_401_with_a_challenge(authorization: str):
+    response = guarded().post(
+        "/admin/reload", headers={**JSON, "authorization": authorization}, content=b"{}"
+    )
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_right_token_passes():
+    response = guarded().post(
+        "/admin/reload", headers={**JSON, "authorization": f"bearer {TOKEN}"}, content=b"{}"
+    )
+    assert response.status_code == 200
+    assert admin_refusal(f"Bearer {TOKEN}", TOKEN) is None

@@ -1,0 +1,101 @@
+"""The serving code without a server: model versions, the batched ranking, the catalog and a
+request's orchestration, on a small untrained model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serving.catalog import Catalog
+from serving.orchestration import ServedModel, rank_queries, recommend
+from serving.recommender import ModelVersions, Recommender
+from serving.schemas import RecommendRequest, UserQuery
+from tests.unit.conftest import tiny_artifacts
+from training.store import ModelArtifacts
+
+
+def test_model_versions_keep_the_newest_and_load_each_tag_once():
+    loaded: list[str] = []
+
+    def load(tag: str) -> Recommender:
+        loaded.append(tag)
+        return Recommender(tiny_artifacts(tag=tag))
+
+    versions = ModelVersions(load, keep=2)
+    first = versions.get("gamerec:v1")
+    assert versions.get("gamerec:v1") is first
+    versions.get("gamerec:v2")
+    versions.get("gamerec:v3")  # v1 is dropped: two are kept
+    assert versions.get("gamerec:v2").artifacts.tag == "gamerec:v2"
+    versions.get("gamerec:v1")
+    assert loaded == ["gamerec:v1", "gamerec:v2", "gamerec:v3", "gamerec:v1"]
+
+
+def test_an_alias_is_resolved_and_not_kept():
+    versions = ModelVersions(lambda tag: Recommender(tiny_artifacts(tag="gamerec:v7")), keep=2)
+    assert versions.get("gamerec:latest").artifacts.tag == "gamerec:v7"
+    assert versions.get("gamerec:v7") is versions.get("gamerec:latest")
+
+
+def _query(recommender: Recommender, played: list[str], k: int, exclude: set[int]) -> UserQuery:
+    from training.features import UserRecord
+
+    user = recommender.encode([UserRecord(time_played={g: 30.0 for g in played})])[0]
+    return UserQuery.from_encoded(user, exclude, k, recommender.artifacts.tag)
+
+
+def test_rank_queries_answers_in_order_across_versions(artifacts: ModelArtifacts):
+    old, new = Recommender(artifacts), Recommender(tiny_artifacts(tag="gamerec:new", seed=1))
+    versions = ModelVersions({"gamerec:tiny": old, "gamerec:new": new}.__getitem__, keep=2)
+    queries = [
+        _query(old, ["g_0"], 3, set()),
+        _query(new, ["g_1", "g_2"], 5, {3}),
+        _query(old, ["g_4"], 2, {0, 1}),
+    ]
+    answers = rank_queries(versions, queries, faiss_threads=1)
+    assert [len(a.positions) for a in answers] == [3, 5, 2]
+    for query, answer in zip(queries, answers, strict=True):
+        recommender = versions.get(query.model_tag)
+        alone = recommender.top_k([query.encoded()], query.k, [set(query.exclude)])[0]
+        assert answer.positions == alone.positions.tolist()  # the same as asked alone
+        assert set(answer.positions).isdisjoint(query.game_positions + query.exclude)
+
+
+def test_catalog_lookups(artifacts: ModelArtifacts):
+    catalog = Catalog(artifacts)
+    assert catalog.positions(["g_3", "nope", "g_0"]) == {0, 3}
+    assert catalog.outside_genres(["RPG"]) == {p for p in range(12) if p % 3 != 0}
+    popular = catalog.popular(4, exclude={0}, genres=["puzzle"])
+    assert popular.positions.tolist() == [1, 4, 7, 10]  # the puzzle games, by popularity
+    assert popular.scores[0] == pytest.approx(47 / 50)
+    total, found = catalog.search("game 1", limit=2, offset=0)
+    assert total == 3 and [g.game_id for g in found] == ["g_1", "g_10"]
+
+
+def test_recommend_orchestrates_warm_and_cold_players(artifacts: ModelArtifacts):
+    served = ServedModel.of(Recommender(artifacts))
+    versions = ModelVersions(lambda tag: served.recommender, keep=2)
+    calls: list[int] = []
+
+    async def rank(queries: list[UserQuery]):
+        calls.append(len(queries))
+        return rank_queries(versions, queries, faiss_threads=1)
+
+    requests = [
+        RecommendRequest(user_id="warm", time_played={"g_0": 60.0, "zzz": 1.0}, top_k=3),
+        RecommendRequest(user_id="cold", genres=["rpg", "jazz"], top_k=2),
+        RecommendRequest(user_id="picky", time_played={"g_1": 5.0}, only_genres=["rpg"]),
+    ]
+    warm, cold, picky = asyncio.run(recommend(served, requests, rank))
+    assert calls == [2]  # one call for both players with a known game
+    assert not warm.cold_start and len(warm.recommendations) == 3
+    assert "g_0" not in {r.game_id for r in warm.recommendations}
+    assert warm.unknown_games == ["zzz"]
+    assert all(r.because_you_played == "g_0" for r in warm.recommendations)
+    assert cold.cold_start and [r.game_id for r in cold.recommendations] == ["g_0", "g_3"]
+    assert cold.unknown_genres == ["jazz"]
+    assert {r.game_id for r in picky.recommendations} <= {f"g_{i}" for i in range(0, 12, 3)}
+    assert warm.model == cold.model == "gamerec:tiny"
+    assert np.isfinite([r.score for r in warm.recommendations]).all()

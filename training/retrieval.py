@@ -1,0 +1,128 @@
+"""The retrieval task: which games each training example is scored against, and its loss.
+
+Two regimes, chosen by catalog size (`loss.kind: auto`, up to `loss.full_softmax_max_items`):
+- full softmax: every catalog game is a candidate; a player's hidden games are the positives
+  (summed, as in Mult-VAE) and the games left in the input are masked out, being neither;
+- sampled softmax: one hidden game per example is its positive; the batch's other positives
+  plus `loss.uniform_negatives` games drawn uniformly are the candidates, each corrected by the
+  log of its expected count among them (logQ), since popular games are drawn more often.
+The losses themselves are `training/losses.py`; the towers are `training/towers.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.config import TrainingSettings
+from training.features import EncodedUser, ItemBatch, item_batch
+from training.histories import Histories
+from training.losses import catalog_log_probs, multinomial_nll, sampled_softmax
+from training.towers import TwoTower
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: the input features, and the hidden games to find."""
+
+    inputs: EncodedUser
+    target_positions: np.ndarray  # catalog positions
+    target_minutes: np.ndarray
+
+
+def loss_kind(settings: TrainingSettings, n_games: int) -> str:
+    kind = settings.loss.kind
+    if kind == "auto":
+        return "full" if n_games <= settings.loss.full_softmax_max_items else "sampled"
+    return kind
+
+
+class RetrievalTask:
+    """The loss of a batch of examples, full or sampled softmax over the catalog's games."""
+
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        items: ItemBatch,
+        histories: Histories,
+        train_users: np.ndarray,
+        rng: np.random.Generator,
+    ) -> None:
+        self.cfg, self.items, self.rng = settings.loss, items, rng
+        self.n_games = len(items.positions)
+        self.kind = loss_kind(settings, self.n_games)
+        self.target_share = None
+        if self.kind == "sampled" and self.cfg.logq_correction > 0:
+            self.target_share = target_share(histories, train_users, self.n_games)
+
+    def loss(
+        self, towers: TwoTower, user_emb: torch.Tensor, examples: list[Example]
+    ) -> torch.Tensor:
+        if self.kind == "sampled":
+            return self._sampled_loss(towers, user_emb, examples)
+        return self._full_loss(towers, user_emb, examples)
+
+    def _full_loss(
+        self, towers: TwoTower, user_emb: torch.Tensor, examples: list[Example]
+    ) -> torch.Tensor:
+        target_rows, target_cols = _pairs([e.target_positions for e in examples])
+        input_rows, input_cols = _pairs([e.inputs.game_positions for e in examples])
+        log_probs = catalog_log_probs(
+            user_emb, towers.item_embed(self.items), self.cfg.temperature, input_rows, input_cols
+        )
+        weights = None
+        if self.cfg.target_weight == "log1p":  # longer-played hidden games count more
+            minutes = np.concatenate([e.target_minutes for e in examples])
+            weights = torch.from_numpy(1.0 + np.log1p(minutes)).float()
+            weights = weights / weights.mean()
+        return multinomial_nll(log_probs, target_rows, target_cols, weights)
+
+    def _sampled_loss(
+        self, towers: TwoTower, user_emb: torch.Tensor, examples: list[Example]
+    ) -> torch.Tensor:
+        picked = np.array([self.rng.choice(e.target_positions) for e in examples])
+        uniform = self.rng.integers(self.n_games, size=self.cfg.uniform_negatives)
+        candidates = torch.from_numpy(np.concatenate([picked, uniform]))
+        log_q = None
+        if self.target_share is not None:
+            expected = (
+                len(picked) * self.target_share[candidates]
+                + self.cfg.uniform_negatives / self.n_games
+            )
+            log_q = self.cfg.logq_correction * torch.log(expected)
+        item_emb = towers.item_embed(select_items(self.items, candidates))
+        return sampled_softmax(user_emb, item_emb, candidates, self.cfg.temperature, log_q)
+
+
+def target_share(histories: Histories, users: np.ndarray, n_games: int) -> torch.Tensor:
+    """Each game's share of the training targets (smoothed), the in-batch sampling odds."""
+    games = np.concatenate([histories.game_positions[histories.span(u)] for u in users])
+    counts = np.bincount(games, minlength=n_games).astype(np.float64) + 1.0
+    return torch.from_numpy(counts / counts.sum()).float()
+
+
+def select_items(items: ItemBatch, positions: torch.Tensor) -> ItemBatch:
+    """The sub-batch of `items` at the given catalog positions (the sampled candidates)."""
+    pos = positions.numpy()
+    genres, genre_lengths = _gather_bags(items.genres.numpy(), items.genre_offsets.numpy(), pos)
+    tags, tag_lengths = _gather_bags(items.tags.numpy(), items.tag_offsets.numpy(), pos)
+    return item_batch(pos, genres, genre_lengths, tags, tag_lengths)
+
+
+def _gather_bags(
+    values: np.ndarray, offsets: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bags at `positions` of a flat (values, offsets) bag list, flat, with their lengths."""
+    ends = np.append(offsets[1:], len(values))
+    starts, lengths = offsets[positions], ends[positions] - offsets[positions]
+    # Index of each output value: its bag's start plus its place within the bag.
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return values[np.repeat(starts, lengths) + within], lengths
+
+
+def _pairs(per_row: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, game) index pairs from each row's list of games."""
+    rows = np.repeat(np.arange(len(per_row)), [len(g) for g in per_row])
+    return torch.from_numpy(rows), torch.from_numpy(np.concatenate(per_row).astype(np.int64))
