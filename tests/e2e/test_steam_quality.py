@@ -41,9 +41,14 @@ def steam_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def default_model(steam_data: Path) -> PipelineResult:
-    """The default training run (configs/training.yaml), saved to the private model store."""
+    """The default training run (configs/training.yaml), saved to the private model store.
+
+    On one thread: `make test` runs two test processes on two cores, and a second thread here
+    would only contend with the other process (threads change no result but float rounding).
+    """
     train = load_training_config(PROJECT_ROOT / "configs" / "training.yaml").train
-    return run(quick_settings(steam_data, **train.model_dump()), progress=False, save=True)
+    settings = quick_settings(steam_data, **{**train.model_dump(), "threads": 1})
+    return run(settings, progress=False, save=True)
 
 
 def test_default_config_beats_popularity_on_held_out_players(default_model: PipelineResult):

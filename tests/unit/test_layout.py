@@ -12,6 +12,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, packages_distributions, requires
 from pathlib import Path
 
+import pathspec
 import pytest
 import yaml
 
@@ -81,13 +82,27 @@ def test_the_bento_carries_what_the_service_imports_and_no_training_extras():
     bento = yaml.safe_load((PROJECT_ROOT / "bentofile.yaml").read_text())
     listed = {_name(p) for p in bento["python"]["packages"]}
     assert not listed & TRAINING_ONLY
-    code = "import json, sys, service; print(json.dumps(sorted(sys.modules)))"
+    code = (
+        "import json, sys, service; "
+        "print(json.dumps({n: getattr(m, '__file__', None) for n, m in sys.modules.items()}))"
+    )
     env = {**os.environ, "GAMEREC_MODEL_TAG": "gamerec:latest"}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
     modules = json.loads(done.stdout.splitlines()[-1])
+    ours = sorted(
+        Path(f).relative_to(PROJECT_ROOT).as_posix()
+        for f in modules.values()
+        if f
+        and Path(f).is_relative_to(PROJECT_ROOT)
+        and Path(f).relative_to(PROJECT_ROOT).parts[0] in {"service.py", *MAY_IMPORT}
+    )
+    included = pathspec.PathSpec.from_lines("gitwildmatch", bento["include"])
+    excluded = pathspec.PathSpec.from_lines("gitwildmatch", bento["exclude"])
+    missing = [f for f in ours if not included.match_file(f) or excluded.match_file(f)]
+    assert "serving/orchestration.py" in ours and missing == []
     tops = {m.split(".")[0] for m in modules}
     assert not tops & TRAINING_ONLY
     distributions = packages_distributions()
