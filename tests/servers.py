@@ -34,15 +34,7 @@ def running_process(
 ) -> Iterator[subprocess.Popen]:
     """Run `command` in its own process group until the block ends; yields the process once
     `health_url` answers 200. Its output goes to `log`, whose tail an error quotes."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = _start(command, env, log)
     try:
         _wait_healthy(health_url, process, log, timeout)
         yield process
@@ -86,6 +78,30 @@ def running_server(
     environment = {**base, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": home, **(env or {})}
     with running_process(command, f"{url}/readyz", environment, log, timeout) as process:
         yield Server(url, process.pid)
+
+
+def run_until_exit(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run `command` (one expected to stop by itself) to its end: exit code and output."""
+    log = Path(tempfile.mkdtemp(prefix="gamerec-run-")) / "output.log"
+    process = _start(command, env, log)
+    try:
+        code = process.wait(timeout=timeout)
+    finally:
+        stop(process)
+    return code, log.read_text(errors="replace")
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`command` from the project root in a process group of its own, its output to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _home_of_its_own(store: Path, home: Path) -> str:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.servers import BENTOML, PROJECT_ROOT, free_port
+from tests.servers import BENTOML, free_port, run_until_exit
 from training.store import ModelIntegrityError, load_model_dir
 
 
@@ -161,22 +158,6 @@ def test_bentoml_serve_refuses_to_start_naming_the_part(trained, tmp_path: Path)
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("GAMEREC_MODEL_TAG", None)
     command = [BENTOML, "serve", "service:GameRec", "--port", str(free_port())]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            code = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.seek(0)
-        output = log.read().decode(errors="replace")
+    code, output = run_until_exit(command, env, timeout=120)
     assert code != 0, output[-2000:]
     assert "index.faiss has dimension 8, the user tower outputs" in output, output[-2000:]
