@@ -1,7 +1,8 @@
 """Build a FAISS index over item embeddings and measure its recall against exact search.
 
-Item embeddings are float32, L2-normalized, one row per catalog item; the FAISS id of an item is
-its row position. Every index ranks by inner product, which equals cosine similarity here.
+Item embeddings are float32, one row per catalog item; the FAISS id of an item is its row
+position. Every index ranks by inner product: the towers' score (cosine for unit-norm vectors,
+u·v + b with a bias dimension).
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ class Catalog:
         """For each recommended game, the played game whose embedding is closest to it."""
         if len(played) == 0 or len(recommended) == 0:
             return [None] * len(recommended)
-        emb = self.artifacts.item_embeddings
-        closest = np.argmax(emb[recommended] @ emb[played].T, axis=1)
+        vectors = self.artifacts.game_vectors
+        closest = np.argmax(vectors[recommended] @ vectors[played].T, axis=1)
         return [self.ids[played[c]] for c in closest]
 
     def search(self, query: str, limit: int, offset: int) -> tuple[int, list[Game]]:

@@ -60,11 +60,15 @@ class Recommender:
         return self.top_k(self.encode(records), k)
 
     def similar(self, position: int, k: int) -> Ranked:
-        """The games nearest to a game in the item-embedding space, itself excluded."""
-        query = self.artifacts.item_embeddings[position : position + 1]
-        scores, ids = search(self.artifacts.index, query, k, exclude=[{position}])
-        keep = ids[0] >= 0
-        return Ranked(positions=ids[0][keep], scores=scores[0][keep])
+        """The games whose vectors are most similar (cosine) to a game's, itself excluded:
+        one exact pass over the catalog's unit-norm vectors."""
+        vectors = self.artifacts.game_vectors
+        scores = vectors @ vectors[position]
+        scores[position] = -np.inf
+        k = min(k, len(scores) - 1)
+        top = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return Ranked(positions=top.astype(np.int64), scores=scores[top].astype(np.float32))
 
 
 class ModelVersions:

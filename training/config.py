@@ -53,6 +53,12 @@ class FeatureConfig(Strict):
 
 
 class ModelConfig(Strict):
+    tower: Literal["mlp", "additive"] = Field(
+        description="mlp: bags through an MLP; additive: linear sums (training/towers.py)"
+    )
+    scoring: Literal["cosine", "dot_bias"] = Field(
+        description="cosine: unit-norm outputs; dot_bias: raw outputs and a per-game bias"
+    )
     embedding_dim: int = Field(ge=4)
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]
@@ -71,6 +77,11 @@ class LossConfig(Strict):
     logq_correction: float = Field(ge=0, description="sampled: strength of the logQ correction")
     target_weight: Literal["binary", "log1p"] = Field(
         description="full: hidden games weighted equally or by log1p(minutes)"
+    )
+    kept_weight: float = Field(
+        ge=0,
+        description="full: weight of the games left in the input as targets too; 0 masks them "
+        "out of the softmax (predict only the hidden games)",
     )
 
 

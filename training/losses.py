@@ -1,6 +1,6 @@
 """The retrieval task's losses, separate from the towers.
 
-Both are softmax cross-entropy over cosine scores divided by a temperature:
+Both are softmax cross-entropy over the towers' inner products divided by a temperature:
 - `sampled_softmax`: the other targets of the batch (and optionally games sampled uniformly
   from the catalog) are the negatives, for catalogs too large for the full softmax. Popular
   games are over-represented among in-batch negatives, so every candidate's logit is corrected

@@ -2,7 +2,8 @@
 
 Two regimes, chosen by catalog size (`loss.kind: auto`, up to `loss.full_softmax_max_items`):
 - full softmax: every catalog game is a candidate; a player's hidden games are the positives
-  (summed, as in Mult-VAE) and the games left in the input are masked out, being neither;
+  (summed, as in Mult-VAE). The games left in the input are masked out (`loss.kept_weight` 0)
+  or are positives too with that small weight (the emphasized denoising of Steck, 2020);
 - sampled softmax: one hidden game per example is its positive; the batch's other positives
   plus `loss.uniform_negatives` games drawn uniformly are the candidates, each corrected by the
   log of its expected count among them (logQ), since popular games are drawn more often.
@@ -69,14 +70,23 @@ class RetrievalTask:
     ) -> torch.Tensor:
         target_rows, target_cols = _pairs([e.target_positions for e in examples])
         input_rows, input_cols = _pairs([e.inputs.game_positions for e in examples])
-        log_probs = catalog_log_probs(
-            user_emb, towers.item_embed(self.items), self.cfg.temperature, input_rows, input_cols
-        )
-        weights = None
+        kept = self.cfg.kept_weight
+        item_emb = towers.item_embed(self.items)
+        if kept == 0:  # the input's games are neither positives nor negatives
+            log_probs = catalog_log_probs(
+                user_emb, item_emb, self.cfg.temperature, input_rows, input_cols
+            )
+        else:
+            log_probs = catalog_log_probs(user_emb, item_emb, self.cfg.temperature)
+        weights = torch.ones(len(target_rows))
         if self.cfg.target_weight == "log1p":  # longer-played hidden games count more
             minutes = np.concatenate([e.target_minutes for e in examples])
             weights = torch.from_numpy(1.0 + np.log1p(minutes)).float()
             weights = weights / weights.mean()
+        if kept > 0:
+            target_rows = torch.cat([target_rows, input_rows])
+            target_cols = torch.cat([target_cols, input_cols])
+            weights = torch.cat([weights, torch.full((len(input_rows),), kept)])
         return multinomial_nll(log_probs, target_rows, target_cols, weights)
 
     def _sampled_loss(

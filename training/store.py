@@ -2,7 +2,7 @@
 
 Files in a model version:
     towers.pt             both towers' state dict (read back with weights_only=True: no pickle)
-    item_embeddings.npy   L2-normalized item embeddings, catalog order
+    item_embeddings.npy   the item tower's outputs (the index's vectors), catalog order
     recall_queries.npy    validation users' embeddings, to measure a rebuilt index's recall
     index.faiss           the FAISS index over them (ids = catalog positions)
     catalog.parquet       the game catalog with training popularity
@@ -15,6 +15,7 @@ A model is checked whole before it serves (`check_consistency`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from training.config import TrainingSettings
 from training.data.io import atomic_write_bytes
 from training.features import Vocabulary
 from training.schema import validate_games
-from training.towers import TwoTower
+from training.towers import TwoTower, output_dim
 
 TOWERS, EMBEDDINGS, INDEX, CATALOG = (
     "towers.pt",
@@ -71,6 +72,14 @@ class ModelArtifacts:
     tag: str = "in-memory"
     created: str = ""
     chart_png: bytes = b""  # the evaluation chart, kept with the model
+
+    @functools.cached_property
+    def game_vectors(self) -> np.ndarray:
+        """Unit-norm game vectors without the bias dimension: item-item cosine similarity
+        (`/similar`, "because you played"), whatever the scoring of users."""
+        vectors = self.item_embeddings[:, : self.settings.model.embedding_dim]
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def save_model(artifacts: ModelArtifacts) -> str:
@@ -133,11 +142,7 @@ def load_model_dir(
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise ModelIntegrityError(f"model {tag}: missing {', '.join(missing)} in {path}")
-    settings = _read(
-        path / CONFIG,
-        tag,
-        lambda p: TrainingSettings.model_validate(yaml.safe_load(p.read_text(encoding="utf-8"))),
-    )
+    settings = _read(path / CONFIG, tag, _read_settings)
     vocab = _read(path / VOCAB, tag, Vocabulary.load)
     towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
     state = _read(
@@ -171,6 +176,23 @@ def load_model_dir(
     return artifacts
 
 
+# Settings added after models were first stored, with the value those models were trained
+# with: a model saved before a setting existed reads as it behaved then.
+ADDED_SETTINGS = {
+    ("model", "tower"): "mlp",
+    ("model", "scoring"): "cosine",
+    ("loss", "kept_weight"): 0.0,
+}
+
+
+def _read_settings(path: Path) -> TrainingSettings:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for (section, name), value in ADDED_SETTINGS.items():
+        if isinstance(raw, dict) and isinstance(raw.get(section), dict):
+            raw[section].setdefault(name, value)
+    return TrainingSettings.model_validate(raw)
+
+
 def _load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
@@ -187,7 +209,7 @@ def check_consistency(a: ModelArtifacts) -> None:
     missing = sorted(set(CATALOG_COLUMNS) - set(a.games_table.columns))
     if missing:
         raise ModelIntegrityError(f"model {a.tag} refused: {CATALOG} lacks columns {missing}")
-    n_games, dim = len(a.vocab.game_ids), a.settings.model.embedding_dim
+    n_games, dim = len(a.vocab.game_ids), output_dim(a.settings.model)
     problems = []
     expected = Vocabulary.from_games_table(a.games_table)
     for part, name in (("game_ids", "games"), ("genres", "genres"), ("tags", "tags")):

@@ -1,4 +1,18 @@
-"""The two towers. Both end in L2-normalized embeddings, so inner product ranks by cosine."""
+"""The two towers. A user's score for a game is the inner product of their outputs, so one
+FAISS inner-product search serves it.
+
+Two designs (`model.tower`):
+- `mlp`: embedding bags concatenated and passed through an MLP, in both towers;
+- `additive`: linear sums. User: the played games' input embeddings (by the history weights;
+  `features.history_norm: l2` gives 1/sqrt(games played) for a binary history), plus the
+  achievement-weighted bag of the same embeddings, the preferred genres and the counts. Game:
+  an output embedding of its own plus its genres and tags (so a game nobody played yet still
+  gets a place from its metadata).
+Two scorings (`model.scoring`):
+- `cosine`: both outputs L2-normalized;
+- `dot_bias`: raw outputs and a per-game bias, carried as one extra dimension of each vector
+  (user [u, 1], game [v, b]), so the inner product is u·v + b.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +22,11 @@ from torch import nn
 
 from training.config import ModelConfig
 from training.features import N_DENSE, ItemBatch, UserBatch
+
+
+def output_dim(cfg: ModelConfig) -> int:
+    """The size of the towers' outputs, which is the index's dimension."""
+    return cfg.embedding_dim + (cfg.scoring == "dot_bias")
 
 
 def _mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -32,15 +51,23 @@ class TwoTower(nn.Module):
 
     def __init__(self, n_games: int, n_genres: int, n_tags: int, cfg: ModelConfig) -> None:
         super().__init__()
-        d = cfg.id_dim
+        self.cfg = cfg
         self.sizes = {"n_games": n_games, "n_genres": n_genres, "n_tags": n_tags}
+        # The additive towers sum embeddings of the output's width; the MLPs concatenate.
+        d = cfg.id_dim if cfg.tower == "mlp" else cfg.embedding_dim
         self.user_games = nn.Embedding(n_games, d)
         self.user_genres = nn.Embedding(max(n_genres, 1), d)
-        self.user_mlp = _mlp(3 * d + N_DENSE, cfg.hidden_dims, cfg.embedding_dim, cfg.dropout)
         self.item_ids = nn.Embedding(n_games, d)
         self.item_genres = nn.Embedding(max(n_genres, 1), d)
         self.item_tags = nn.Embedding(max(n_tags, 1), d)
-        self.item_mlp = _mlp(3 * d, cfg.hidden_dims, cfg.embedding_dim, cfg.dropout)
+        if cfg.tower == "mlp":
+            self.user_mlp = _mlp(3 * d + N_DENSE, cfg.hidden_dims, cfg.embedding_dim, cfg.dropout)
+            self.item_mlp = _mlp(3 * d, cfg.hidden_dims, cfg.embedding_dim, cfg.dropout)
+        else:
+            self.user_dense = nn.Linear(N_DENSE, d, bias=False)
+        if cfg.scoring == "dot_bias":
+            self.item_bias = nn.Embedding(n_games, 1)
+            nn.init.zeros_(self.item_bias.weight)
         for table in (
             self.user_games,
             self.user_genres,
@@ -51,18 +78,27 @@ class TwoTower(nn.Module):
             nn.init.normal_(table.weight, std=0.05)
 
     def user_embed(self, x: UserBatch) -> torch.Tensor:
-        parts = [
-            _bag(self.user_games, x.game_positions, x.game_offsets, x.game_weights),
-            _bag(self.user_games, x.game_positions, x.game_offsets, x.achievement_weights),
-            _bag(self.user_genres, x.genre_positions, x.genre_offsets, x.genre_weights),
-            x.dense,
-        ]
-        return F.normalize(self.user_mlp(torch.cat(parts, dim=1)), dim=1)
+        games = _bag(self.user_games, x.game_positions, x.game_offsets, x.game_weights)
+        achievements = _bag(
+            self.user_games, x.game_positions, x.game_offsets, x.achievement_weights
+        )
+        genres = _bag(self.user_genres, x.genre_positions, x.genre_offsets, x.genre_weights)
+        if self.cfg.tower == "mlp":
+            user = self.user_mlp(torch.cat([games, achievements, genres, x.dense], dim=1))
+        else:
+            user = games + achievements + genres + self.user_dense(x.dense)
+        if self.cfg.scoring == "cosine":
+            return F.normalize(user, dim=1)
+        return torch.cat([user, torch.ones(len(user), 1)], dim=1)
 
     def item_embed(self, x: ItemBatch) -> torch.Tensor:
-        parts = [
-            self.item_ids(x.positions),
-            _bag(self.item_genres, x.genres, x.genre_offsets, x.genre_weights),
-            _bag(self.item_tags, x.tags, x.tag_offsets, x.tag_weights),
-        ]
-        return F.normalize(self.item_mlp(torch.cat(parts, dim=1)), dim=1)
+        ids = self.item_ids(x.positions)
+        genres = _bag(self.item_genres, x.genres, x.genre_offsets, x.genre_weights)
+        tags = _bag(self.item_tags, x.tags, x.tag_offsets, x.tag_weights)
+        if self.cfg.tower == "mlp":
+            item = self.item_mlp(torch.cat([ids, genres, tags], dim=1))
+        else:
+            item = ids + genres + tags
+        if self.cfg.scoring == "cosine":
+            return F.normalize(item, dim=1)
+        return torch.cat([item, self.item_bias(x.positions)], dim=1)

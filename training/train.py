@@ -27,7 +27,7 @@ from training.features import (
 )
 from training.histories import Histories, top_genres
 from training.retrieval import Example, RetrievalTask
-from training.towers import TwoTower
+from training.towers import TwoTower, output_dim
 
 
 @dataclass
@@ -59,11 +59,7 @@ def user_embeddings(towers: TwoTower, users: list[EncodedUser], chunk: int = 409
         towers.user_embed(collate_users(users[i : i + chunk])).numpy()
         for i in range(0, len(users), chunk)
     ]
-    return (
-        np.concatenate(parts)
-        if parts
-        else np.zeros((0, towers.user_mlp[-1].out_features), np.float32)
-    )
+    return np.concatenate(parts) if parts else np.zeros((0, output_dim(towers.cfg)), np.float32)
 
 
 def eval_inputs(

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from tests.servers import BENTOML, free_port, run_until_exit
-from training.store import ModelIntegrityError, load_model_dir
+from training.store import ADDED_SETTINGS, ModelIntegrityError, load_model_dir
 
 
 @pytest.fixture
@@ -161,3 +162,13 @@ def test_bentoml_serve_refuses_to_start_naming_the_part(trained, tmp_path: Path)
     code, output = run_until_exit(command, env, timeout=120)
     assert code != 0, output[-2000:]
     assert "index.faiss has dimension 8, the user tower outputs" in output, output[-2000:]
+
+
+def test_a_model_saved_before_the_tower_settings_existed_loads_as_it_was(model_copy: Path):
+    config = yaml.safe_load((model_copy / "training.yaml").read_text())
+    for section, name in ADDED_SETTINGS:
+        del config[section][name]
+    (model_copy / "training.yaml").write_text(yaml.safe_dump(config))
+    loaded = load_model_dir(model_copy, tag="older")
+    assert (loaded.settings.model.tower, loaded.settings.model.scoring) == ("mlp", "cosine")
+    assert loaded.settings.loss.kept_weight == 0.0

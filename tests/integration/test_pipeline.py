@@ -11,6 +11,7 @@ import pytest
 from index import build_index
 from serving.recommender import Recommender
 from tests.conftest import config_section, quick_settings
+from training.config import with_overrides
 from training.features import UserRecord
 from training.pipeline import run
 from training.store import ModelIntegrityError, load_model, save_model
@@ -101,6 +102,30 @@ def test_recommendations_never_include_played_games(trained):
         assert len(ranked.positions) == 50
         assert played.isdisjoint(ranked.positions.tolist())
         assert np.all(np.diff(ranked.scores) <= 1e-6)
+
+
+ADDITIVE = {
+    "model.tower": "additive",
+    "model.scoring": "dot_bias",
+    "features.history_norm": "l2",
+    "loss.kept_weight": 0.1,
+    "loss.temperature": 1.0,
+}
+
+
+def test_additive_towers_with_a_game_bias_learn_and_serve_what_they_evaluate(small_data: Path):
+    settings = with_overrides(quick_settings(small_data), ADDITIVE)
+    result = run(settings, progress=False, save=True)
+    table = result.table
+    assert table["two-tower"]["recall@10"] > 1.3 * table["popularity"]["recall@10"], table
+    stored = load_model(result.tag)
+    assert stored.index.d == settings.model.embedding_dim + 1  # user [u, 1], game [v, b]
+    assert stored.metrics["index"]["recall_at_10"] == 1.0
+    records = _records(result)
+    in_memory = Recommender(result.artifacts).recommend(records, k=10)
+    loaded = Recommender.from_store(result.tag).recommend(records, k=10)
+    for a, b in zip(in_memory, loaded, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
 
 
 def test_rebuilt_index_is_a_new_version_with_measured_recall(trained):

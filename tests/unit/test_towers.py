@@ -1,0 +1,109 @@
+"""The additive towers and the dot-product scoring with a per-game bias in the index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from serving.recommender import Recommender
+from tests.conftest import config_section
+from tests.unit.conftest import tiny_artifacts
+from training.config import load_training_config, with_overrides
+from training.features import UserRecord, Vocabulary, catalog_items, collate_users, encode_record
+from training.histories import Histories
+from training.retrieval import Example, RetrievalTask
+from training.towers import TwoTower, output_dim
+
+GAMES = pd.DataFrame(
+    {
+        "game_id": ["g_0", "g_1", "g_2", "g_3"],
+        "title": ["A", "B", "C", "D"],
+        "genres": [["rpg"], ["rpg", "roguelike"], [], ["puzzle"]],
+        "tags": [["co-op"], [], ["co-op"], []],
+    }
+)
+VOCAB = Vocabulary.from_games_table(GAMES)
+ADDITIVE = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 6}
+FEATURES = config_section("features", history_norm="l2", history_weight="binary")
+
+
+def additive_towers() -> TwoTower:
+    torch.manual_seed(0)
+    model = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), config_section("model", **ADDITIVE))
+    with torch.no_grad():
+        model.item_bias.weight.copy_(torch.tensor([[0.5], [-0.25], [0.0], [1.0]]))
+    return model.eval()
+
+
+def test_the_bias_rides_in_one_extra_dimension():
+    model = additive_towers()
+    assert output_dim(model.cfg) == 7
+    users = collate_users([encode_record(UserRecord(time_played={"g_0": 5.0}), VOCAB, FEATURES)])
+    u, v = model.user_embed(users), model.item_embed(catalog_items(GAMES, VOCAB, FEATURES))
+    assert u.shape == (1, 7) and v.shape == (4, 7)
+    assert u[0, -1] == 1.0
+    torch.testing.assert_close(v[:, -1], torch.tensor([0.5, -0.25, 0.0, 1.0]))
+    torch.testing.assert_close(u @ v.T, u[:, :-1] @ v[:, :-1].T + v[:, -1])  # u·v + b
+
+
+def test_the_user_vector_is_the_sum_of_its_games_over_the_root_of_their_count():
+    model = additive_towers()
+    with torch.no_grad():
+        model.user_dense.weight.zero_()  # leave out the counts' term
+    record = UserRecord(time_played={"g_1": 30.0, "g_2": 600.0, "g_3": 1.0})
+    u = model.user_embed(collate_users([encode_record(record, VOCAB, FEATURES)]))[0, :-1]
+    expected = model.user_games.weight[[1, 2, 3]].sum(dim=0) / np.sqrt(3)
+    torch.testing.assert_close(u, expected)
+
+
+@torch.no_grad()
+def test_kept_games_are_weighted_targets_or_masked():
+    histories = Histories.from_interactions(
+        pd.DataFrame(
+            {
+                "user_id": ["a", "a", "a"],
+                "game_id": ["g_0", "g_1", "g_2"],
+                "minutes_played": [1.0, 2.0, 3.0],
+                "achievements": [0, 0, 0],
+            }
+        ),
+        VOCAB,
+    )
+    inputs = histories.encode(0, np.array([0, 1]), np.zeros(0, np.int64), FEATURES)
+    examples = [Example(inputs, np.array([2]), np.array([3.0]))]
+    model = additive_towers()
+    items = catalog_items(GAMES, VOCAB, FEATURES)
+    user = model.user_embed(collate_users([inputs]))
+
+    def loss(kept: float) -> float:
+        settings = with_overrides(
+            load_training_config(),
+            {"loss.kept_weight": kept, "loss.temperature": 1.0, "model.tower": "additive"},
+        )
+        task = RetrievalTask(settings, items, histories, np.array([0]), np.random.default_rng(0))
+        return task.loss(model, user, examples).item()
+
+    logits = (user @ model.item_embed(items).T)[0]
+    masked = -torch.log_softmax(logits[[2, 3]], dim=0)[0]  # games 0 and 1 out of the softmax
+    log_p = torch.log_softmax(logits, dim=0)
+    weighted = -(log_p[2] + 0.1 * log_p[0] + 0.1 * log_p[1])
+    assert abs(loss(0.0) - float(masked)) < 1e-5
+    assert abs(loss(0.1) - float(weighted)) < 1e-5
+
+
+def test_similar_games_are_the_cosine_nearest_without_the_bias():
+    artifacts = tiny_artifacts()
+    overrides = {f"model.{k}": v for k, v in {**ADDITIVE, "embedding_dim": 8}.items()}
+    artifacts.settings = with_overrides(artifacts.settings, overrides)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 8)).astype(np.float32)
+    bias = np.full((12, 1), 100.0, np.float32)  # huge biases must not sway item similarity
+    bias[5] = -100.0
+    artifacts.item_embeddings = np.hstack([vectors, bias])
+    ranked = Recommender(artifacts).similar(3, k=4)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = unit @ unit[3]
+    cosine[3] = -np.inf
+    assert ranked.positions.tolist() == np.argsort(-cosine)[:4].tolist()
+    np.testing.assert_allclose(ranked.scores, np.sort(cosine)[::-1][:4], rtol=1e-5)
