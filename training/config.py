@@ -59,6 +59,9 @@ class ModelConfig(Strict):
     scoring: Literal["cosine", "dot_bias"] = Field(
         description="cosine: unit-norm outputs; dot_bias: raw outputs and a per-game bias"
     )
+    user_genres: bool = Field(description="the preferred genres are an input of the user tower")
+    user_counts: bool = Field(description="counts (games, minutes, achievements) are an input")
+    item_metadata: bool = Field(description="genres and tags are inputs of the item tower")
     embedding_dim: int = Field(ge=4)
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]

@@ -182,6 +182,9 @@ ADDED_SETTINGS = {
     ("model", "tower"): "mlp",
     ("model", "scoring"): "cosine",
     ("loss", "kept_weight"): 0.0,
+    ("model", "user_genres"): True,
+    ("model", "user_counts"): True,
+    ("model", "item_metadata"): True,
 }
 
 

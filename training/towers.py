@@ -83,10 +83,15 @@ class TwoTower(nn.Module):
             self.user_games, x.game_positions, x.game_offsets, x.achievement_weights
         )
         genres = _bag(self.user_genres, x.genre_positions, x.genre_offsets, x.genre_weights)
+        dense = x.dense
+        if not self.cfg.user_genres:
+            genres = torch.zeros_like(genres)
+        if not self.cfg.user_counts:
+            dense = torch.zeros_like(dense)
         if self.cfg.tower == "mlp":
-            user = self.user_mlp(torch.cat([games, achievements, genres, x.dense], dim=1))
+            user = self.user_mlp(torch.cat([games, achievements, genres, dense], dim=1))
         else:
-            user = games + achievements + genres + self.user_dense(x.dense)
+            user = games + achievements + genres + self.user_dense(dense)
         if self.cfg.scoring == "cosine":
             return F.normalize(user, dim=1)
         return torch.cat([user, torch.ones(len(user), 1)], dim=1)
@@ -95,6 +100,8 @@ class TwoTower(nn.Module):
         ids = self.item_ids(x.positions)
         genres = _bag(self.item_genres, x.genres, x.genre_offsets, x.genre_weights)
         tags = _bag(self.item_tags, x.tags, x.tag_offsets, x.tag_weights)
+        if not self.cfg.item_metadata:
+            genres, tags = torch.zeros_like(genres), torch.zeros_like(tags)
         if self.cfg.tower == "mlp":
             item = self.item_mlp(torch.cat([ids, genres, tags], dim=1))
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from serving.recommender import Recommender
@@ -107,3 +108,32 @@ def test_similar_games_are_the_cosine_nearest_without_the_bias():
     cosine[3] = -np.inf
     assert ranked.positions.tolist() == np.argsort(-cosine)[:4].tolist()
     np.testing.assert_allclose(ranked.scores, np.sort(cosine)[::-1][:4], rtol=1e-5)
+
+
+@pytest.mark.parametrize("tower", ["mlp", "additive"])
+def test_inputs_switched_off_are_ignored(tower: str):
+    torch.manual_seed(0)
+    cfg = config_section(
+        "model",
+        tower=tower,
+        user_genres=False,
+        user_counts=False,
+        item_metadata=False,
+        embedding_dim=6,
+        id_dim=4,
+        hidden_dims=[8],
+    )
+    model = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), cfg).eval()
+    plain = UserRecord(time_played={"g_0": 5.0})
+    fancy = UserRecord(time_played={"g_0": 5000.0}, genres=["rpg"], achievements={"g_0": 9})
+    fancy_minus_achievements = UserRecord(time_played={"g_0": 5000.0}, genres=["rpg"])
+    users = collate_users(
+        [encode_record(r, VOCAB, FEATURES) for r in (plain, fancy_minus_achievements, fancy)]
+    )
+    u = model.user_embed(users)
+    torch.testing.assert_close(u[0], u[1])  # genres and counts make no difference
+    no_metadata = GAMES.assign(genres=[[]] * 4, tags=[[]] * 4)
+    torch.testing.assert_close(
+        model.item_embed(catalog_items(GAMES, VOCAB, FEATURES)),
+        model.item_embed(catalog_items(no_metadata, VOCAB, FEATURES)),
+    )
