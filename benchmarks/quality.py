@@ -1,10 +1,13 @@
-"""Recommendation quality on the real Steam data: two-tower against the baselines, over seeds.
+"""Recommendation quality on the real Steam data: two-tower against the baselines, over
+k folds of players or over seeds.
 
+    python -m benchmarks.quality --folds 5            # every eligible player tested once
     python -m benchmarks.quality                      # 3 seeds, writes docs/quality.{md,png}
     python -m benchmarks.quality --seeds 1 --no-doc   # a quick look
+    python -m benchmarks.quality --folds 5 --set model.tower=additive --no-doc  # a variant
 
-Each seed draws a new split of held-out players and trains anew. Every method sees the same
-split: popularity, item-kNN (cosine), EASE (λ tuned on the validation players), ALS from the
+Each fold (or seed) is a split of held-out players, and the two-tower trains anew on it.
+Every method sees the same split: popularity, item-kNN (cosine), EASE (λ tuned on the validation players), ALS from the
 `implicit` package when it is installed, and the two-tower at the default config.
 """
 
@@ -19,13 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import TrainingSettings, load_training_config
+from training.config import (
+    TrainingSettings,
+    load_training_config,
+    parse_override,
+    with_overrides,
+)
 from training.data.io import Dataset, load_dataset, write_dataset
 from training.data.steam import import_steam200k
 from training.evaluate import (
     Split,
     ease_scorer,
     item_knn_scorer,
+    kfold_splits,
     popularity_scorer,
     ranking_metrics,
     split_users,
@@ -59,13 +68,18 @@ def timed(fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     return {**row, "seconds": time.perf_counter() - started}
 
 
-def one_seed(settings: TrainingSettings, histories: Histories, vocab: Vocabulary,
-             games, seed: int) -> dict[str, dict[str, float]]:
-    settings = settings.model_copy(update={
-        "split": settings.split.model_copy(update={"seed": seed}),
-        "train": settings.train.model_copy(update={"seed": seed}),
-    })
-    split: Split = split_users(histories, settings.split)
+def seeded_splits(settings: TrainingSettings, histories: Histories,
+                  seeds: int) -> list[tuple[TrainingSettings, Split]]:
+    """A new split of held-out players and a new training seed for each run."""
+    runs = []
+    for seed in range(settings.split.seed, settings.split.seed + seeds):
+        seeded = with_overrides(settings, {"split.seed": seed, "train.seed": seed})
+        runs.append((seeded, split_users(histories, seeded.split)))
+    return runs
+
+
+def one_split(settings: TrainingSettings, histories: Histories, vocab: Vocabulary,
+              games, split: Split) -> dict[str, dict[str, float]]:
     n_games, ks = len(vocab.game_ids), settings.eval.ks
     train = train_matrix(histories, split.train_users, n_games)
 
@@ -125,9 +139,9 @@ def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, tu
             for method in runs[0]}
 
 
-def markdown(summary: dict[str, dict[str, tuple[float, float]]], seeds: list[int]) -> str:
+def markdown(summary: dict[str, dict[str, tuple[float, float]]], protocol: str) -> str:
     head = "| method | " + " | ".join(METRICS) + " | fit + eval s |"
-    lines = [f"Mean ± standard deviation over seeds {seeds} (split and training seed).", "",
+    lines = [f"Mean ± standard deviation over {protocol}.", "",
              head, "| --- |" + " ---: |" * (len(METRICS) + 1)]
     for method, row in summary.items():
         cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" for m in METRICS]
@@ -158,20 +172,35 @@ def main() -> None:
     parser.add_argument("--games", type=Path, default=SHARED / "steam-games.parquet")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "training.yaml")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=0,
+                        help="k-fold over players (every eligible player tested once) "
+                             "instead of --seeds")
+    parser.add_argument("--set", action="append", default=[],
+                        help="override a training setting: section.field=value (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args()
 
-    settings = load_training_config(args.config)
+    overrides = dict(parse_override(text) for text in args.set)
+    settings = load_training_config(args.config, overrides)
     dataset, vocab, histories = load_steam(args.plays, args.games)
-    seeds = [settings.split.seed + i for i in range(args.seeds)]
+    if args.folds:
+        plan = [(settings, s) for s in kfold_splits(histories, settings.split, args.folds)]
+        protocol = (f"{args.folds}-fold over players (split seed {settings.split.seed}): "
+                    f"{sum(len(s.test) for _, s in plan)} test players in all")
+    else:
+        plan = seeded_splits(settings, histories, args.seeds)
+        seeds = [s.split.seed for s, _ in plan]
+        protocol = f"seeds {seeds} (split and training seed)"
+    if overrides:
+        protocol += "; two-tower with " + ", ".join(args.set)
     runs = []
-    for seed in seeds:
-        runs.append(one_seed(settings, histories, vocab, dataset.games_table, seed))
-        print(f"seed {seed}: " + ", ".join(
+    for i, (run_settings, split) in enumerate(plan):
+        runs.append(one_split(run_settings, histories, vocab, dataset.games_table, split))
+        print(f"run {i + 1}/{len(plan)} ({len(split.test)} test players): " + ", ".join(
             f"{m} R@10 {row['recall@10']:.4f}" for m, row in runs[-1].items()), flush=True)
     summary = summarize(runs)
-    table_md = markdown(summary, seeds)
+    table_md = markdown(summary, protocol)
     print(table_md)
     if not args.no_doc:
         write_doc(table_md, summary, args.out)

@@ -58,6 +58,30 @@ def split_users(histories: Histories, cfg: SplitConfig) -> Split:
     )
 
 
+def kfold_splits(histories: Histories, cfg: SplitConfig, folds: int) -> list[Split]:
+    """Every eligible player a test player once: the eligible players, in a seeded order, cut
+    into `folds` parts. In fold i, part i is the test players, the first `val_users` share of
+    the others (at most `max_eval_users`) the validation players, and everyone else trains."""
+    rng = np.random.default_rng(cfg.seed)
+    eligible = rng.permutation(np.flatnonzero(histories.lengths() >= cfg.min_games))
+    parts = np.array_split(eligible, folds)
+    n_val = min(int(len(eligible) * cfg.val_users), cfg.max_eval_users)
+    splits = []
+    for i, test_users in enumerate(parts):
+        others = np.concatenate([p for j, p in enumerate(parts) if j != i])
+        val_users = others[:n_val]
+        held_out = np.zeros(len(histories), dtype=bool)
+        held_out[val_users] = held_out[test_users] = True
+        splits.append(
+            Split(
+                train_users=np.flatnonzero(~held_out),
+                validation=_hold_out(histories, np.sort(val_users), cfg.holdout_fraction, rng),
+                test=_hold_out(histories, np.sort(test_users), cfg.holdout_fraction, rng),
+            )
+        )
+    return splits
+
+
 def _hold_out(
     histories: Histories, users: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> EvalSet:
