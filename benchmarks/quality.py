@@ -186,7 +186,7 @@ def main() -> None:
     dataset, vocab, histories = load_steam(args.plays, args.games)
     if args.folds:
         plan = [(settings, s) for s in kfold_splits(histories, settings.split, args.folds)]
-        protocol = (f"{args.folds}-fold over players (split seed {settings.split.seed}): "
+        protocol = (f"{args.folds} folds of players (split seed {settings.split.seed}): "
                     f"{sum(len(s.test) for _, s in plan)} test players in all")
     else:
         plan = seeded_splits(settings, histories, args.seeds)
