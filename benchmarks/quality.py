@@ -7,8 +7,9 @@ k folds of players or over seeds.
     python -m benchmarks.quality --folds 5 --set model.tower=additive --no-doc  # a variant
 
 Each fold (or seed) is a split of held-out players, and the two-tower trains anew on it.
-Every method sees the same split: popularity, item-kNN (cosine), EASE (λ tuned on the validation players), ALS from the
-`implicit` package when it is installed, and the two-tower at the default config.
+Every method sees the same split: popularity, item-kNN (cosine), EASE (λ tuned on the
+validation players), ALS from the `implicit` package when it is installed, and the two-tower
+at the default config (or with the `--set` overrides).
 """
 
 from __future__ import annotations
