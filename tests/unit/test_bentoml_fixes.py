@@ -365,16 +365,20 @@ def test_2_patched_middleware_cancels_it(patched_timeout_call) -> None:
     assert asyncio.run(_requests_then_count(patched_timeout_call, 200)) == (0, 0)
 
 
+def _timeout_call(which: str, request: pytest.FixtureRequest):
+    """BentoML's own `TimeoutMiddleware.__call__`, or the patched one."""
+    if which == "patched":
+        return request.getfixturevalue("patched_timeout_call")
+    if ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__:
+        pytest.skip("TimeoutMiddleware already patched in this process")
+    return ORIGINAL_TIMEOUT_CALL
+
+
 @pytest.mark.parametrize("which", ["original", "patched"])
 def test_2_same_under_uvloop(which, request) -> None:
     """uvicorn runs BentoML's workers on uvloop when it is installed (it is): same leak."""
     uvloop = pytest.importorskip("uvloop")
-    if which == "original":
-        if ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__:
-            pytest.skip("TimeoutMiddleware already patched in this process")
-        call = ORIGINAL_TIMEOUT_CALL
-    else:
-        call = request.getfixturevalue("patched_timeout_call")
+    call = _timeout_call(which, request)
     alive, _ = uvloop.run(_requests_then_count(call, 100))
     assert alive == (100 if which == "original" else 0)
 
@@ -398,8 +402,8 @@ def test_2_handler_error_without_response_waits_the_whole_timeout() -> None:
 def test_2_patched_handler_error_returns_at_once(patched_timeout_call) -> None:
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="before sending anything"):
-        asyncio.run(_call(patched_timeout_call, _raises_before_responding, timeout=0.3))
-    assert time.perf_counter() - start < 0.2
+        asyncio.run(_call(patched_timeout_call, _raises_before_responding, timeout=5))
+    assert time.perf_counter() - start < 2.5  # well before the timeout
 
 
 async def _slow_app(scope, receive, send):
@@ -417,15 +421,10 @@ async def _starts_then_slow(scope, receive, send):
 def test_2_timeout_semantics_kept(which, request) -> None:
     """Regression guard: the fix keeps BentoML's semantics (504 if nothing was sent within the
     timeout; no limit once the response has started, e.g. streaming)."""
-    if which == "original":
-        if ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__:
-            pytest.skip("TimeoutMiddleware already patched in this process")
-        call = ORIGINAL_TIMEOUT_CALL
-    else:
-        call = request.getfixturevalue("patched_timeout_call")
+    call = _timeout_call(which, request)
     start = time.perf_counter()
     sent = asyncio.run(_call(call, _slow_app, timeout=0.05))
-    assert sent[0]["status"] == 504 and time.perf_counter() - start < 0.5
+    assert sent[0]["status"] == 504 and time.perf_counter() - start < 0.9  # before the app ends
     sent = asyncio.run(_call(call, _starts_then_slow, timeout=0.05))
     assert sent[0]["status"] == 200 and sent[-1]["body"] == b"late but whole"
 
