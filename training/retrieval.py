@@ -78,15 +78,16 @@ class RetrievalTask:
             )
         else:
             log_probs = catalog_log_probs(user_emb, item_emb, self.cfg.temperature)
-        weights = torch.ones(len(target_rows))
+        weights = None  # every hidden game counts 1
         if self.cfg.target_weight == "log1p":  # longer-played hidden games count more
             minutes = np.concatenate([e.target_minutes for e in examples])
             weights = torch.from_numpy(1.0 + np.log1p(minutes)).float()
             weights = weights / weights.mean()
         if kept > 0:
+            hidden = weights if weights is not None else torch.ones(len(target_rows))
             target_rows = torch.cat([target_rows, input_rows])
             target_cols = torch.cat([target_cols, input_cols])
-            weights = torch.cat([weights, torch.full((len(input_rows),), kept)])
+            weights = torch.cat([hidden, torch.full((len(input_rows),), kept)])
         return multinomial_nll(log_probs, target_rows, target_cols, weights)
 
     def _sampled_loss(
