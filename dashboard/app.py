@@ -4,10 +4,13 @@
 
 A client of the HTTP service only (`dashboard/client.py`): it never loads the model itself.
 The Players page reads the processed data set ($GAMEREC_DATA_DIR, default data/processed).
+Visitors cannot change the service's address; GAMEREC_DASHBOARD_ALLOW_URL_OVERRIDE=true (local
+development only) adds an editable Service URL field to the sidebar.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -348,16 +351,36 @@ PAGES: dict[str, Callable[[GameRecClient], None]] = {
 }
 
 
+def service_url() -> str:
+    """The deployment's GAMEREC_API_URL. Only the local-development switch lets a visitor type
+    another: no query parameter, widget or session state changes it otherwise."""
+    settings = dashboard_settings()
+    if not settings.dashboard_allow_url_override:
+        st.sidebar.caption(
+            f"Every answer comes from the GameRec HTTP service at `{settings.api_url}`."
+        )
+        return settings.api_url
+    st.sidebar.warning(
+        "Local development: GAMEREC_DASHBOARD_ALLOW_URL_OVERRIDE is on, so the dashboard's "
+        "server calls whatever address is typed here."
+    )
+    return st.sidebar.text_input("Service URL", value=settings.api_url, key="api_url")
+
+
+def plain_markdown(text: str) -> str:
+    """`text` shown as it is: Streamlit renders messages as Markdown (links, images, LaTeX)."""
+    return re.sub(r"([\\`*_\[\]<>$~|#])", r"\\\1", text)
+
+
 def main() -> None:
     st.set_page_config(page_title="GameRec", page_icon="🎮", layout="wide")
     st.sidebar.title("GameRec")
     page = st.sidebar.radio("Page", list(PAGES), key="page")
-    url = st.sidebar.text_input("Service URL", value=dashboard_settings().api_url, key="api_url")
-    st.sidebar.caption("Every answer comes from the GameRec HTTP service at this address.")
+    url = service_url()
     try:
         PAGES[page](GameRecClient(url))
     except ServiceError as error:
-        st.error(str(error))
+        st.error(plain_markdown(str(error)))
 
 
 main()

@@ -1,7 +1,10 @@
 """The dashboard's settings: its environment variables, read here and nowhere else.
 
 The dashboard is a separate program from the service (an HTTP client of it), so it reads its
-own two variables rather than the service's settings.
+own variables rather than the service's settings. The service's address is deployment
+configuration: a visitor of the page cannot change it, unless the local-development switch
+`GAMEREC_DASHBOARD_ALLOW_URL_OVERRIDE` is on (otherwise any visitor could make the dashboard's
+server request any host: server-side request forgery).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ class DashboardSettings(BaseSettings):
     data_dir: Path = Field(
         PROJECT_ROOT / "data" / "processed",
         description="GAMEREC_DATA_DIR: the processed data set of the Players page",
+    )
+    dashboard_allow_url_override: bool = Field(
+        False,
+        description="GAMEREC_DASHBOARD_ALLOW_URL_OVERRIDE: local development only, an editable "
+        "Service URL field in the sidebar (never on a deployed dashboard)",
     )
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,6 +24,9 @@ from tests.servers import PROJECT_ROOT, free_port
 
 APP = str(PROJECT_ROOT / "dashboard" / "app.py")
 PAGES = ["Recommend", "Similar games", "Players", "Model"]
+SWITCH = "GAMEREC_DASHBOARD_ALLOW_URL_OVERRIDE"
+SECRET = "AKIA-SECRET-1234"
+HOSTILE_PAGE = f"<html><body><h1>Internal admin</h1><p>{SECRET}</p></body></html>".encode()
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +217,75 @@ def test_client_reports_the_service_errors(service_url: str) -> None:
         client.recommend({"user_id": "u", "top_k": 1000})
 
 
+# ------------------------------------------------------------ no requests on a visitor's say-so
+
+
+def test_a_visitor_cannot_point_the_dashboard_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, small_data: Path
+) -> None:
+    with trap(503, b"") as configured, trap() as elsewhere:
+        monkeypatch.setenv("GAMEREC_API_URL", configured.url)
+        monkeypatch.setenv("GAMEREC_DATA_DIR", str(small_data))
+        monkeypatch.delenv(SWITCH, raising=False)
+        at = AppTest.from_file(APP, default_timeout=60)
+        for name in ("api_url", "service_url", "url", "GAMEREC_API_URL"):
+            at.query_params[name] = elsewhere.url
+            at.session_state[name] = elsewhere.url
+        for page in PAGES:
+            open_page(at, page)
+        assert not at.text_input  # no Service URL field
+        assert any(configured.url in caption.value for caption in at.sidebar.caption)
+        assert elsewhere.requests == []
+        assert configured.requests  # every page asked the configured service
+        assert at.error[0].value.startswith("GET /info answered 503: Service Unavailable")
+
+
+def test_the_local_development_switch_adds_the_url_field(
+    monkeypatch: pytest.MonkeyPatch, small_data: Path
+) -> None:
+    monkeypatch.setenv("GAMEREC_API_URL", closed_url())
+    monkeypatch.setenv("GAMEREC_DATA_DIR", str(small_data))
+    monkeypatch.setenv(SWITCH, "true")
+    with trap() as typed:
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+        at.text_input(key="api_url").input(typed.url).run()
+        assert typed.requests[0].startswith("GET /games?")
+        assert at.error[0].value == "GET /games answered 404: Not Found"  # not the page
+        assert any(SWITCH in warning.value for warning in at.sidebar.warning)
+
+
+def test_a_hostile_upstream_is_not_echoed_but_logged(caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        trap() as hostile,
+        caplog.at_level(logging.WARNING, "dashboard.client"),
+        pytest.raises(ServiceError) as error,
+    ):
+        GameRecClient(hostile.url).info()
+    assert str(error.value) == "GET /info answered 404: Not Found"
+    assert error.value.status == 404
+    assert SECRET in caplog.text  # for whoever runs the dashboard
+
+
+def test_redirects_are_not_followed() -> None:
+    with trap() as elsewhere, trap(302, headers={"Location": elsewhere.url}) as redirecting:
+        with pytest.raises(ServiceError, match="answered with no JSON"):
+            GameRecClient(redirecting.url).info()
+        assert elsewhere.requests == []
+
+
+def test_error_messages_are_not_rendered_as_markdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps({"error": "see ![x](http://evil/x.png) and [here](http://evil)"})
+    with trap(404, body.encode(), "application/json") as service:
+        monkeypatch.setenv("GAMEREC_API_URL", service.url)
+        monkeypatch.delenv(SWITCH, raising=False)
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.run()
+    assert at.error[0].value == (
+        r"GET /games answered 404: see !\[x\](http://evil/x.png) and \[here\](http://evil)"
+    )
+
+
 # ------------------------------------------------------------ the Players page's data
 
 
@@ -268,3 +343,48 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         sink.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+
+
+# ------------------------------------------------------------ a trap: a host no one should call
+
+
+@dataclass
+class Trap:
+    url: str
+    requests: list[str] = field(default_factory=list)  # "GET /info", in order
+
+
+@contextmanager
+def trap(
+    status: int = 404,
+    body: bytes = HOSTILE_PAGE,
+    content_type: str = "text/html",
+    headers: dict[str, str] | None = None,
+) -> Iterator[Trap]:
+    """A local HTTP server that records every request and answers each the same way."""
+
+    class Record(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            recorded.requests.append(f"{self.command} {self.path}")
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            for name, value in {"Content-Type": content_type, **(headers or {})}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # quiet
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    server.daemon_threads = True
+    recorded = Trap(f"http://127.0.0.1:{server.server_address[1]}")
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield recorded
+    finally:
+        server.shutdown()
+        server.server_close()
