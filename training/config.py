@@ -62,6 +62,10 @@ class ModelConfig(Strict):
     user_genres: bool = Field(description="the preferred genres are an input of the user tower")
     user_counts: bool = Field(description="counts (games, minutes, achievements) are an input")
     item_metadata: bool = Field(description="genres and tags are inputs of the item tower")
+    metadata_for_played: bool = Field(
+        description="a game with training plays adds its genres and tags to its id embedding "
+        "(true), or is its id embedding alone (false: the metadata places only new games)"
+    )
     embedding_dim: int = Field(ge=4)
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]
@@ -102,6 +106,12 @@ class TrainConfig(Strict):
         gt=0, lt=1, description="share of a user's games hidden from the input as targets"
     )
     patience: int = Field(ge=1, description="epochs without validation gain before stopping")
+    item_id_dropout: float = Field(
+        ge=0,
+        lt=1,
+        description="share of games whose id embedding a training batch drops, so that the "
+        "item tower learns to place a game from its genres and tags alone (new games)",
+    )
 
 
 class EvalConfig(Strict):

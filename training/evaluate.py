@@ -215,3 +215,84 @@ def baseline_table(
             "lambda": lam,
         }
     return table
+
+
+# ------------------------------------------------------------ what the baselines cannot do
+
+
+def restrict_targets(eval_set: EvalSet, allowed: np.ndarray) -> EvalSet:
+    """The same users and inputs, only the targets where `allowed` (per catalog game) is
+    true; users left without a target are dropped."""
+    kept = [t[allowed[t]] for t in eval_set.targets]
+    rows = [i for i, t in enumerate(kept) if len(t)]
+    return EvalSet(
+        users=eval_set.users[rows],
+        inputs=[eval_set.inputs[i] for i in rows],
+        targets=[kept[i] for i in rows],
+    )
+
+
+def shorten_inputs(eval_set: EvalSet, longest: int, rng: np.random.Generator) -> EvalSet:
+    """Each user with 1 to `longest` of their input games (drawn at random): a player who has
+    played almost nothing yet. Targets unchanged."""
+    inputs = [
+        np.sort(rng.choice(keep, size=min(len(keep), rng.integers(1, longest + 1)), replace=False))
+        for keep in eval_set.inputs
+    ]
+    return EvalSet(users=eval_set.users, inputs=inputs, targets=eval_set.targets)
+
+
+def catalog_coverage(
+    scorer: Scorer, histories: Histories, eval_set: EvalSet, k: int, n_games: int
+) -> float:
+    """Share of the catalog that appears in at least one user's top-k list."""
+    shown = np.zeros(n_games, dtype=bool)
+    for start in range(0, len(eval_set), EVAL_CHUNK):
+        rows = slice(start, min(start + EVAL_CHUNK, len(eval_set)))
+        scores = np.asarray(scorer(eval_set, rows), dtype=np.float32).copy()
+        for i, user in enumerate(eval_set.users[rows]):
+            scores[
+                i, histories.game_positions[histories.span(user)][eval_set.inputs[start + i]]
+            ] = -np.inf
+        shown[_top_k(scores, k).ravel()] = True
+    return float(shown.mean())
+
+
+def pick_new_games(
+    games_with_metadata: np.ndarray, share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A random `share` of the games that have metadata: the games to treat as new."""
+    candidates = np.flatnonzero(games_with_metadata)
+    return np.sort(rng.choice(candidates, size=int(round(share * len(candidates))), replace=False))
+
+
+def without_games(histories: Histories, split: Split, games: np.ndarray) -> tuple[Histories, Split]:
+    """The split as if `games` were new: nobody who trains has played them, and held-out users'
+    inputs do not contain them; held-out users' targets keep them (what a new game must win)."""
+    new = np.zeros(int(histories.game_positions.max(initial=-1)) + 1, dtype=bool)
+    new[games] = True
+    trains = np.zeros(len(histories), dtype=bool)
+    trains[split.train_users] = True
+    row_of_play = np.repeat(np.arange(len(histories)), histories.lengths())
+    keep = ~(new[histories.game_positions] & trains[row_of_play])
+    counts = np.bincount(row_of_play[keep], minlength=len(histories))
+    cold = Histories(
+        user_ids=histories.user_ids,
+        indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        game_positions=histories.game_positions[keep],
+        minutes=histories.minutes[keep],
+        achievements=histories.achievements[keep],
+    )
+
+    def without_new_inputs(eval_set: EvalSet) -> EvalSet:
+        inputs = [
+            keep_at[~new[histories.game_positions[histories.span(u)][keep_at]]]
+            for u, keep_at in zip(eval_set.users, eval_set.inputs, strict=True)
+        ]
+        return EvalSet(users=eval_set.users, inputs=inputs, targets=eval_set.targets)
+
+    return cold, Split(
+        train_users=split.train_users,
+        validation=without_new_inputs(split.validation),
+        test=without_new_inputs(split.test),
+    )

@@ -82,16 +82,75 @@ class EncodedUser:
     unknown_genres: tuple[str, ...] = ()
 
 
-def _normalized(weights: np.ndarray, norm: str = "mean") -> np.ndarray:
-    total = np.sqrt((weights**2).sum()) if norm == "l2" else weights.sum()
-    return (weights / total).astype(np.float32) if total > 0 else np.zeros_like(weights, np.float32)
-
-
 def history_weights(minutes: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """How much each played game counts, before normalization."""
     if cfg.history_weight == "log1p":
         return 1.0 + np.log1p(minutes)  # a listed game counts even at 0 minutes
     return np.ones(len(minutes))
+
+
+def _row_normalized(weights: np.ndarray, rows: np.ndarray, n_rows: int, norm: str) -> np.ndarray:
+    """Weights divided by their row's sum (`mean`) or L2 norm (`l2`); all-zero rows stay 0."""
+    if norm == "l2":
+        totals = np.sqrt(np.bincount(rows, weights**2, minlength=n_rows))
+    else:
+        totals = np.bincount(rows, weights, minlength=n_rows)
+    per_game = totals[rows]
+    safe = np.where(per_game > 0, per_game, 1.0)
+    return np.where(per_game > 0, weights / safe, 0.0).astype(np.float32)
+
+
+def _most_played(rows: np.ndarray, minutes: np.ndarray, n_rows: int, cap: int) -> np.ndarray:
+    """Mask of each row's `cap` most-played games (ties: the earlier game), in place."""
+    counts = np.bincount(rows, minlength=n_rows)
+    if counts.max(initial=0) <= cap:
+        return np.ones(len(rows), dtype=bool)
+    order = np.lexsort((np.arange(len(rows)), -minutes, rows))
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[order[rank < cap]] = True
+    return keep
+
+
+@dataclass(frozen=True)
+class _FlatHistories:
+    rows: np.ndarray
+    games: np.ndarray
+    game_weights: np.ndarray
+    achievement_weights: np.ndarray
+    dense: np.ndarray  # (n_rows, N_DENSE)
+
+
+def _encode_flat(
+    rows: np.ndarray,
+    games: np.ndarray,
+    minutes: np.ndarray,
+    achievements: np.ndarray,
+    has_genres: np.ndarray,
+    cfg: FeatureConfig,
+) -> _FlatHistories:
+    """The feature function itself, for many histories at once (row `rows[j]` played
+    `games[j]`): history and achievement weights per game, the dense counts per row."""
+    n_rows = len(has_genres)
+    keep = _most_played(rows, minutes, n_rows, cfg.max_history)
+    rows, games = rows[keep], games[keep]
+    minutes, achievements = minutes[keep], achievements[keep]
+    dense = np.stack(
+        [
+            np.log1p(np.bincount(rows, minlength=n_rows)),
+            np.log1p(np.bincount(rows, minutes, minlength=n_rows)),
+            np.log1p(np.bincount(rows, achievements, minlength=n_rows)),
+            has_genres,
+        ],
+        axis=1,
+    ).astype(np.float32)
+    return _FlatHistories(
+        rows=rows,
+        games=games,
+        game_weights=_row_normalized(history_weights(minutes, cfg), rows, n_rows, cfg.history_norm),
+        achievement_weights=_row_normalized(np.log1p(achievements), rows, n_rows, "mean"),
+        dense=dense * _DENSE_SCALE,
+    )
 
 
 def encode_history(
@@ -101,29 +160,58 @@ def encode_history(
     genre_positions: np.ndarray,
     cfg: FeatureConfig,
 ) -> EncodedUser:
-    """The feature function itself: positions of played games with minutes and achievements."""
+    """One history's features: positions of played games with minutes and achievements."""
     games = np.asarray(game_positions, dtype=np.int64)
-    minutes = np.asarray(minutes, dtype=np.float64)
-    achievements = np.asarray(achievements, dtype=np.float64)
-    if len(games) > cfg.max_history:  # keep the most-played games
-        keep = np.argsort(-minutes, kind="stable")[: cfg.max_history]
-        games, minutes, achievements = games[keep], minutes[keep], achievements[keep]
-    weights = history_weights(minutes, cfg)
-    dense = np.array(
-        [
-            np.log1p(len(games)),
-            np.log1p(minutes.sum()),
-            np.log1p(achievements.sum()),
-            len(genre_positions) > 0,
-        ],
-        dtype=np.float32,
+    flat = _encode_flat(
+        np.zeros(len(games), np.int64),
+        games,
+        np.asarray(minutes, dtype=np.float64),
+        np.asarray(achievements, dtype=np.float64),
+        np.array([len(genre_positions) > 0]),
+        cfg,
     )
     return EncodedUser(
-        game_positions=games,
-        game_weights=_normalized(weights, cfg.history_norm),
-        achievement_weights=_normalized(np.log1p(achievements)),
+        game_positions=flat.games,
+        game_weights=flat.game_weights,
+        achievement_weights=flat.achievement_weights,
         genre_positions=np.asarray(genre_positions, dtype=np.int64),
-        dense=dense * _DENSE_SCALE,
+        dense=flat.dense[0],
+    )
+
+
+def encode_histories(
+    rows: np.ndarray,
+    game_positions: np.ndarray,
+    minutes: np.ndarray,
+    achievements: np.ndarray,
+    genre_rows: np.ndarray,
+    genre_positions: np.ndarray,
+    n_rows: int,
+    cfg: FeatureConfig,
+) -> UserBatch:
+    """A batch of histories at once, as flat arrays sorted by row (row `rows[j]` played game
+    `game_positions[j]`; row `genre_rows[j]` prefers genre `genre_positions[j]`): the same
+    features as `encode_history` row by row, then `collate_users`, without a Python loop."""
+    genre_counts = np.bincount(genre_rows, minlength=n_rows)
+    flat = _encode_flat(
+        np.asarray(rows, np.int64),
+        np.asarray(game_positions, np.int64),
+        np.asarray(minutes, np.float64),
+        np.asarray(achievements, np.float64),
+        genre_counts > 0,
+        cfg,
+    )
+    return UserBatch(
+        game_positions=torch.from_numpy(flat.games),
+        game_offsets=_offsets(list(np.bincount(flat.rows, minlength=n_rows))),
+        game_weights=torch.from_numpy(flat.game_weights),
+        achievement_weights=torch.from_numpy(flat.achievement_weights),
+        genre_positions=torch.from_numpy(np.asarray(genre_positions, np.int64)),
+        genre_offsets=_offsets(list(genre_counts)),
+        genre_weights=torch.from_numpy(
+            (1.0 / np.maximum(genre_counts, 1))[genre_rows].astype(np.float32)
+        ),
+        dense=torch.from_numpy(flat.dense),
     )
 
 
@@ -205,6 +293,9 @@ class ItemBatch:
     tags: torch.Tensor
     tag_offsets: torch.Tensor
     tag_weights: torch.Tensor
+    # False: the game's id embedding is not used (a game no training player played, or one
+    # whose id is dropped in a training batch); the item tower places it from its metadata.
+    known: torch.Tensor
 
 
 def item_batch(
@@ -225,7 +316,13 @@ def item_batch(
         tags=torch.from_numpy(tags.astype(np.int64)),
         tag_offsets=_offsets(list(tag_lengths)),
         tag_weights=weights(tag_lengths),
+        known=torch.ones(len(positions), dtype=torch.bool),
     )
+
+
+def with_known(items: ItemBatch, known: np.ndarray) -> ItemBatch:
+    """The same games, with the id embedding used only where `known` is true."""
+    return replace(items, known=torch.from_numpy(np.asarray(known, dtype=bool)))
 
 
 def catalog_items(games_table: pd.DataFrame, vocab: Vocabulary, cfg: FeatureConfig) -> ItemBatch:

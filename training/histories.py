@@ -1,7 +1,8 @@
 """Training-only features: every player's history from the play table, as flat arrays.
 
-Held-out evaluation and the training examples read histories from here; both turn a part of a
-history into model inputs with `training.features.encode_history`, the function serving uses.
+Held-out evaluation and the training batches read histories from here; they turn parts of
+histories into model inputs with `training.features` (`encode_history`, `encode_histories`), the
+feature function serving uses.
 """
 
 from __future__ import annotations
@@ -10,23 +11,39 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from training.config import FeatureConfig
 from training.features import EncodedUser, Vocabulary, encode_history
 
 
+def genre_matrix(game_genres: list[np.ndarray], n_genres: int) -> sp.csr_matrix:
+    """Binary games x genres matrix of the catalog's genres."""
+    rows = np.repeat(np.arange(len(game_genres)), [len(g) for g in game_genres])
+    cols = np.concatenate(game_genres) if game_genres else np.zeros(0, np.int64)
+    data = np.ones(len(rows), np.float64)
+    return sp.csr_matrix((data, (rows, cols)), shape=(len(game_genres), max(n_genres, 1)))
+
+
 def top_genres(
-    games: np.ndarray, weights: np.ndarray, game_genres: list[np.ndarray], n: int
-) -> np.ndarray:
-    """The `n` genres a history weights most: what a player would tick as preferred genres."""
+    rows: np.ndarray,
+    games: np.ndarray,
+    weights: np.ndarray,
+    genres_of_games: sp.csr_matrix,
+    n_rows: int,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `n` genres its history weights most (ties: the lower genre position): what
+    a player would tick as preferred genres. Flat (row, genre) pairs sorted by row, genre."""
     if n == 0 or len(games) == 0:
-        return np.zeros(0, np.int64)
-    score: dict[int, float] = {}
-    for g, w in zip(games, weights, strict=True):
-        for genre in game_genres[g]:
-            score[int(genre)] = score.get(int(genre), 0.0) + float(w)
-    ranked = sorted(score, key=lambda k: (-score[k], k))[:n]
-    return np.array(sorted(ranked), np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    histories = sp.csr_matrix((weights, (rows, games)), shape=(n_rows, genres_of_games.shape[0]))
+    score = np.asarray((histories @ genres_of_games).todense())
+    best = np.argsort(-score, axis=1, kind="stable")[:, :n]
+    present = np.take_along_axis(score, best, axis=1) > 0
+    best = np.sort(np.where(present, best, np.iinfo(np.int64).max), axis=1)
+    picked = best != np.iinfo(np.int64).max
+    return np.nonzero(picked)[0].astype(np.int64), best[picked].astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,12 @@ class Histories:
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.indptr)
+
+    def play_counts(self, users: np.ndarray, n_games: int) -> np.ndarray:
+        """How many of `users` played each catalog game."""
+        spans = [self.game_positions[self.span(u)] for u in users]
+        played = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        return np.bincount(played, minlength=n_games).astype(np.int64)
 
     def encode(
         self, user: int, keep: np.ndarray, genres: np.ndarray, cfg: FeatureConfig

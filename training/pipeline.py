@@ -12,7 +12,7 @@ from index import build_and_measure
 from training.config import TrainingSettings
 from training.data.io import load_dataset
 from training.evaluate import Split, baseline_table, ranking_metrics, split_users
-from training.features import Vocabulary, catalog_items
+from training.features import Vocabulary
 from training.histories import Histories
 from training.report import chart_png, format_table
 from training.store import ModelArtifacts, save_model
@@ -20,6 +20,7 @@ from training.train import (
     TrainResult,
     eval_inputs,
     item_embeddings,
+    played_catalog,
     tower_scorer,
     train_two_tower,
     user_embeddings,
@@ -42,9 +43,7 @@ def with_popularity(
     games_table: pd.DataFrame, histories: Histories, users: np.ndarray
 ) -> pd.DataFrame:
     """The games table with each game's number of training players (cold start ranks by it)."""
-    played = np.concatenate([histories.game_positions[histories.span(u)] for u in users])
-    popularity = np.bincount(played, minlength=len(games_table)).astype(np.int64)
-    return games_table.assign(popularity=popularity)
+    return games_table.assign(popularity=histories.play_counts(users, len(games_table)))
 
 
 def run(settings: TrainingSettings, progress: bool = True, save: bool = True) -> PipelineResult:
@@ -56,7 +55,9 @@ def run(settings: TrainingSettings, progress: bool = True, save: bool = True) ->
         histories, split, vocab, dataset.games_table, settings, progress=progress
     )
 
-    items = catalog_items(dataset.games_table, vocab, settings.features)
+    items = played_catalog(
+        dataset.games_table, vocab, histories, split.train_users, settings.features
+    )
     table = baseline_table(histories, split, len(vocab.game_ids), settings.eval)
     scorer = tower_scorer(trained.towers, histories, split.test, items, settings)
     table[TWO_TOWER] = ranking_metrics(scorer, histories, split.test, settings.eval.ks)

@@ -18,19 +18,26 @@ import numpy as np
 import torch
 
 from training.config import TrainingSettings
-from training.features import EncodedUser, ItemBatch, item_batch
+from training.features import ItemBatch, UserBatch, item_batch, with_known
 from training.histories import Histories
 from training.losses import catalog_log_probs, multinomial_nll, sampled_softmax
 from training.towers import TwoTower
 
 
 @dataclass(frozen=True)
-class Example:
-    """One training example: the input features, and the hidden games to find."""
+class TrainingBatch:
+    """Training examples: the users' input features, and the hidden games to find, as
+    (row, catalog position) pairs sorted by row. Every row has at least one target."""
 
-    inputs: EncodedUser
-    target_positions: np.ndarray  # catalog positions
+    users: UserBatch
+    input_rows: torch.Tensor
+    input_cols: torch.Tensor
+    target_rows: torch.Tensor
+    target_cols: torch.Tensor
     target_minutes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
 
 
 def loss_kind(settings: TrainingSettings, n_games: int) -> str:
@@ -52,26 +59,25 @@ class RetrievalTask:
         rng: np.random.Generator,
     ) -> None:
         self.cfg, self.items, self.rng = settings.loss, items, rng
+        self.id_dropout = settings.train.item_id_dropout
         self.n_games = len(items.positions)
         self.kind = loss_kind(settings, self.n_games)
         self.target_share = None
         if self.kind == "sampled" and self.cfg.logq_correction > 0:
             self.target_share = target_share(histories, train_users, self.n_games)
 
-    def loss(
-        self, towers: TwoTower, user_emb: torch.Tensor, examples: list[Example]
-    ) -> torch.Tensor:
+    def loss(self, towers: TwoTower, user_emb: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
         if self.kind == "sampled":
-            return self._sampled_loss(towers, user_emb, examples)
-        return self._full_loss(towers, user_emb, examples)
+            return self._sampled_loss(towers, user_emb, batch)
+        return self._full_loss(towers, user_emb, batch)
 
     def _full_loss(
-        self, towers: TwoTower, user_emb: torch.Tensor, examples: list[Example]
+        self, towers: TwoTower, user_emb: torch.Tensor, batch: TrainingBatch
     ) -> torch.Tensor:
-        target_rows, target_cols = _pairs([e.target_positions for e in examples])
-        input_rows, input_cols = _pairs([e.inputs.game_positions for e in examples])
+        target_rows, target_cols = batch.target_rows, batch.target_cols
+        input_rows, input_cols = batch.input_rows, batch.input_cols
         kept = self.cfg.kept_weight
-        item_emb = towers.item_embed(self.items)
+        item_emb = towers.item_embed(self._dropped_ids(self.items))
         if kept == 0:  # the input's games are neither positives nor negatives
             log_probs = catalog_log_probs(
                 user_emb, item_emb, self.cfg.temperature, input_rows, input_cols
@@ -80,7 +86,7 @@ class RetrievalTask:
             log_probs = catalog_log_probs(user_emb, item_emb, self.cfg.temperature)
         weights = None  # every hidden game counts 1
         if self.cfg.target_weight == "log1p":  # longer-played hidden games count more
-            minutes = np.concatenate([e.target_minutes for e in examples])
+            minutes = batch.target_minutes
             weights = torch.from_numpy(1.0 + np.log1p(minutes)).float()
             weights = weights / weights.mean()
         if kept > 0:
@@ -91,9 +97,9 @@ class RetrievalTask:
         return multinomial_nll(log_probs, target_rows, target_cols, weights)
 
     def _sampled_loss(
-        self, towers: TwoTower, user_emb: torch.Tensor, examples: list[Example]
+        self, towers: TwoTower, user_emb: torch.Tensor, batch: TrainingBatch
     ) -> torch.Tensor:
-        picked = np.array([self.rng.choice(e.target_positions) for e in examples])
+        picked = batch.target_cols[_one_per_row(batch.target_rows, len(batch), self.rng)].numpy()
         uniform = self.rng.integers(self.n_games, size=self.cfg.uniform_negatives)
         candidates = torch.from_numpy(np.concatenate([picked, uniform]))
         log_q = None
@@ -103,14 +109,21 @@ class RetrievalTask:
                 + self.cfg.uniform_negatives / self.n_games
             )
             log_q = self.cfg.logq_correction * torch.log(expected)
-        item_emb = towers.item_embed(select_items(self.items, candidates))
+        item_emb = towers.item_embed(self._dropped_ids(select_items(self.items, candidates)))
         return sampled_softmax(user_emb, item_emb, candidates, self.cfg.temperature, log_q)
+
+    def _dropped_ids(self, items: ItemBatch) -> ItemBatch:
+        """The batch's games with a random `train.item_id_dropout` share placed from metadata
+        alone, as a new game is: the item tower learns to place games without their id."""
+        if self.id_dropout == 0:
+            return items
+        kept = self.rng.random(len(items.positions)) >= self.id_dropout
+        return with_known(items, items.known.numpy() & kept)
 
 
 def target_share(histories: Histories, users: np.ndarray, n_games: int) -> torch.Tensor:
     """Each game's share of the training targets (smoothed), the in-batch sampling odds."""
-    games = np.concatenate([histories.game_positions[histories.span(u)] for u in users])
-    counts = np.bincount(games, minlength=n_games).astype(np.float64) + 1.0
+    counts = histories.play_counts(users, n_games).astype(np.float64) + 1.0
     return torch.from_numpy(counts / counts.sum()).float()
 
 
@@ -119,7 +132,9 @@ def select_items(items: ItemBatch, positions: torch.Tensor) -> ItemBatch:
     pos = positions.numpy()
     genres, genre_lengths = _gather_bags(items.genres.numpy(), items.genre_offsets.numpy(), pos)
     tags, tag_lengths = _gather_bags(items.tags.numpy(), items.tag_offsets.numpy(), pos)
-    return item_batch(pos, genres, genre_lengths, tags, tag_lengths)
+    return with_known(
+        item_batch(pos, genres, genre_lengths, tags, tag_lengths), items.known.numpy()[pos]
+    )
 
 
 def _gather_bags(
@@ -133,7 +148,8 @@ def _gather_bags(
     return values[np.repeat(starts, lengths) + within], lengths
 
 
-def _pairs(per_row: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, game) index pairs from each row's list of games."""
-    rows = np.repeat(np.arange(len(per_row)), [len(g) for g in per_row])
-    return torch.from_numpy(rows), torch.from_numpy(np.concatenate(per_row).astype(np.int64))
+def _one_per_row(rows: torch.Tensor, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Index of one pair drawn uniformly per row, from pairs sorted by row (each row has one)."""
+    counts = np.bincount(rows.numpy(), minlength=n_rows)
+    starts = np.cumsum(counts) - counts
+    return starts + (rng.random(n_rows) * counts).astype(np.int64)

@@ -185,6 +185,8 @@ ADDED_SETTINGS = {
     ("model", "user_genres"): True,
     ("model", "user_counts"): True,
     ("model", "item_metadata"): True,
+    ("train", "item_id_dropout"): 0.0,
+    ("model", "metadata_for_played"): True,
 }
 
 

@@ -6,12 +6,16 @@ Two designs (`model.tower`):
 - `additive`: linear sums. User: the played games' input embeddings (by the history weights;
   `features.history_norm: l2` gives 1/sqrt(games played) for a binary history), plus the
   achievement-weighted bag of the same embeddings, the preferred genres and the counts. Game:
-  an output embedding of its own plus its genres and tags (so a game nobody played yet still
-  gets a place from its metadata).
+  an output embedding of its own plus its genres and tags.
+A game no training player played (`ItemBatch.known` false) is placed from its genres and tags
+alone, its id embedding unused (and with `model.metadata_for_played: false` a played game is
+its id embedding alone); training drops the ids of a share of games per batch
+(`train.item_id_dropout`) so that this placement is learned.
 Two scorings (`model.scoring`):
 - `cosine`: both outputs L2-normalized;
 - `dot_bias`: raw outputs and a per-game bias, carried as one extra dimension of each vector
-  (user [u, 1], game [v, b]), so the inner product is u·v + b.
+  (user [u, 1], game [v, b]), so the inner product is u·v + b. In the additive tower the
+  genres and tags carry a share of the bias too (their tables' last column).
 """
 
 from __future__ import annotations
@@ -58,8 +62,9 @@ class TwoTower(nn.Module):
         self.user_games = nn.Embedding(n_games, d)
         self.user_genres = nn.Embedding(max(n_genres, 1), d)
         self.item_ids = nn.Embedding(n_games, d)
-        self.item_genres = nn.Embedding(max(n_genres, 1), d)
-        self.item_tags = nn.Embedding(max(n_tags, 1), d)
+        self.metadata_bias = cfg.tower == "additive" and cfg.scoring == "dot_bias"
+        self.item_genres = nn.Embedding(max(n_genres, 1), d + self.metadata_bias)
+        self.item_tags = nn.Embedding(max(n_tags, 1), d + self.metadata_bias)
         if cfg.tower == "mlp":
             self.user_mlp = _mlp(3 * d + N_DENSE, cfg.hidden_dims, cfg.embedding_dim, cfg.dropout)
             self.item_mlp = _mlp(3 * d, cfg.hidden_dims, cfg.embedding_dim, cfg.dropout)
@@ -76,6 +81,9 @@ class TwoTower(nn.Module):
             self.item_tags,
         ):
             nn.init.normal_(table.weight, std=0.05)
+        if self.metadata_bias:  # the bias starts at zero, as the id bias does
+            for table in (self.item_genres, self.item_tags):
+                nn.init.zeros_(table.weight[:, -1])
 
     def user_embed(self, x: UserBatch) -> torch.Tensor:
         games = _bag(self.user_games, x.game_positions, x.game_offsets, x.game_weights)
@@ -97,15 +105,23 @@ class TwoTower(nn.Module):
         return torch.cat([user, torch.ones(len(user), 1)], dim=1)
 
     def item_embed(self, x: ItemBatch) -> torch.Tensor:
-        ids = self.item_ids(x.positions)
+        known = x.known.unsqueeze(1).float()
+        ids = self.item_ids(x.positions) * known
         genres = _bag(self.item_genres, x.genres, x.genre_offsets, x.genre_weights)
         tags = _bag(self.item_tags, x.tags, x.tag_offsets, x.tag_weights)
         if not self.cfg.item_metadata:
             genres, tags = torch.zeros_like(genres), torch.zeros_like(tags)
+        elif not self.cfg.metadata_for_played:  # metadata only where the id is unknown
+            genres, tags = genres * (1 - known), tags * (1 - known)
+        metadata_bias = torch.zeros(len(ids), 1)
+        if self.metadata_bias:
+            metadata_bias = (genres + tags)[:, -1:]
+            genres, tags = genres[:, :-1], tags[:, :-1]
         if self.cfg.tower == "mlp":
             item = self.item_mlp(torch.cat([ids, genres, tags], dim=1))
         else:
             item = ids + genres + tags
         if self.cfg.scoring == "cosine":
             return F.normalize(item, dim=1)
-        return torch.cat([item, self.item_bias(x.positions)], dim=1)
+        bias = self.item_bias(x.positions) * known + metadata_bias
+        return torch.cat([item, bias], dim=1)

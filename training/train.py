@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from training.config import TrainingSettings
+from training.config import FeatureConfig, TrainingSettings
 from training.evaluate import EvalSet, Scorer, Split, ranking_metrics
 from training.features import (
     EncodedUser,
@@ -22,11 +23,13 @@ from training.features import (
     Vocabulary,
     catalog_items,
     collate_users,
+    encode_histories,
     game_genre_positions,
     history_weights,
+    with_known,
 )
-from training.histories import Histories, top_genres
-from training.retrieval import Example, RetrievalTask
+from training.histories import Histories, genre_matrix, top_genres
+from training.retrieval import RetrievalTask, TrainingBatch
 from training.towers import TwoTower, output_dim
 
 
@@ -89,45 +92,81 @@ def tower_scorer(
     return score
 
 
+def played_catalog(
+    games_table: pd.DataFrame,
+    vocab: Vocabulary,
+    histories: Histories,
+    users: np.ndarray,
+    cfg: FeatureConfig,
+) -> ItemBatch:
+    """The catalog's item-tower inputs; a game none of `users` played (a new game) is placed
+    from its metadata alone, its id embedding untrained."""
+    items = catalog_items(games_table, vocab, cfg)
+    return with_known(items, histories.play_counts(users, len(vocab.game_ids)) > 0)
+
+
 class ExampleSampler:
-    """Training examples: a user's games split at random into inputs and hidden targets.
+    """Training batches: each user's games split at random into inputs and hidden targets.
 
     The user tower never sees the games it must predict, as at evaluation and serving time;
-    hiding a random share of the history each epoch also denoises the input.
+    hiding a random share of the history each epoch also denoises the input. A share of the
+    examples also carries preferred genres, derived from the input games (what a player would
+    tick), since requests may send them.
     """
 
     def __init__(
         self,
         histories: Histories,
         users: np.ndarray,
-        game_genres: list[np.ndarray],
+        genres_of_games: sp.csr_matrix,
         settings: TrainingSettings,
         rng: np.random.Generator,
     ) -> None:
-        self.h, self.users, self.game_genres = histories, users, game_genres
+        self.h, self.users, self.genres_of_games = histories, users, genres_of_games
         self.s, self.rng = settings, rng
 
     def epoch(self) -> np.ndarray:
         """The training users in a new random order."""
         return self.rng.permutation(self.users)
 
-    def example(self, user: int) -> Example:
-        """The user's input features, and the hidden targets."""
-        span = self.h.span(user)
-        n = span.stop - span.start
-        hidden = self.rng.random(n) < self.s.train.history_dropout
-        hidden[self.rng.integers(n)] = True  # at least one target
-        keep = np.flatnonzero(~hidden)
-        genres = np.zeros(0, np.int64)
-        if self.rng.random() < self.s.features.genre_input_rate:
-            genres = top_genres(
-                self.h.game_positions[span][keep],
-                history_weights(self.h.minutes[span][keep], self.s.features),
-                self.game_genres,
-                self.s.features.preferred_genres,
-            )
-        inputs = self.h.encode(user, keep, genres, self.s.features)
-        return Example(inputs, self.h.game_positions[span][hidden], self.h.minutes[span][hidden])
+    def batch(self, users: np.ndarray) -> TrainingBatch:
+        """The users' input features and hidden targets, built for the whole batch at once."""
+        n, lengths = len(users), self.h.lengths()[users]
+        rows = np.repeat(np.arange(n), lengths)
+        row_starts = np.cumsum(lengths) - lengths
+        flat = np.arange(lengths.sum()) + np.repeat(self.h.indptr[users] - row_starts, lengths)
+        hidden = self.rng.random(len(flat)) < self.s.train.history_dropout
+        hidden[row_starts + self.rng.integers(lengths)] = True  # at least one target a row
+        kept = ~hidden
+        games, minutes = self.h.game_positions[flat], self.h.minutes[flat]
+        k_rows, k_games, k_minutes = rows[kept], games[kept], minutes[kept]
+        with_genres = (self.rng.random(n) < self.s.features.genre_input_rate)[k_rows]
+        genre_rows, genres = top_genres(
+            k_rows[with_genres],
+            k_games[with_genres],
+            history_weights(k_minutes[with_genres], self.s.features),
+            self.genres_of_games,
+            n,
+            self.s.features.preferred_genres,
+        )
+        inputs = encode_histories(
+            k_rows,
+            k_games,
+            k_minutes,
+            self.h.achievements[flat][kept],
+            genre_rows,
+            genres,
+            n,
+            self.s.features,
+        )
+        return TrainingBatch(
+            users=inputs,
+            input_rows=torch.from_numpy(k_rows),
+            input_cols=torch.from_numpy(k_games),
+            target_rows=torch.from_numpy(rows[hidden]),
+            target_cols=torch.from_numpy(games[hidden]),
+            target_minutes=minutes[hidden],
+        )
 
 
 def train_two_tower(
@@ -139,7 +178,7 @@ def train_two_tower(
     progress: bool = True,
 ) -> TrainResult:
     """Train on the training users; keep the epoch with the best validation Recall@10."""
-    items = catalog_items(games_table, vocab, settings.features)
+    items = played_catalog(games_table, vocab, histories, split.train_users, settings.features)
     rng = seed_everything(settings.train.seed, settings.train.threads)
     towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
     optimizer = torch.optim.AdamW(
@@ -149,7 +188,11 @@ def train_two_tower(
     )
     train_users = split.train_users[histories.lengths()[split.train_users] > 0]
     sampler = ExampleSampler(
-        histories, train_users, game_genre_positions(games_table, vocab), settings, rng
+        histories,
+        train_users,
+        genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres)),
+        settings,
+        rng,
     )
     task = RetrievalTask(settings, items, histories, train_users, rng)
     schedule = None
@@ -171,9 +214,8 @@ def train_two_tower(
             unit="batch",
         )
         for start in bar:
-            examples = [sampler.example(u) for u in users[start : start + bs]]
-            user_emb = towers.user_embed(collate_users([e.inputs for e in examples]))
-            loss = task.loss(towers, user_emb, examples)
+            batch = sampler.batch(users[start : start + bs])
+            loss = task.loss(towers, towers.user_embed(batch.users), batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

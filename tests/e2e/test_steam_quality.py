@@ -22,13 +22,14 @@ from training.config import load_training_config
 from training.data.io import write_dataset
 from training.data.steam import import_steam200k
 from training.evaluate import EVAL_CHUNK
-from training.features import catalog_items
+from training.features import catalog_items, with_known
 from training.histories import Histories
 from training.pipeline import PipelineResult, run
 from training.train import tower_scorer
 
 pytestmark = [pytest.mark.slow, requires_steam_data()]
 SERVED_PLAYERS = 100
+NDCG_TOLERANCE = 0.02  # see test_default_config_is_not_below_ease
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,24 @@ def test_default_config_beats_popularity_on_held_out_players(default_model: Pipe
     assert table["two-tower"]["ndcg@10"] > 1.15 * table["popularity"]["ndcg@10"], table
 
 
+def test_default_config_is_not_below_ease(default_model: PipelineResult):
+    """The guard of docs/quality.md's claim, on this one split (401 test players, where a
+    difference of ~0.015 is noise): the default two-tower ranks at least as well as EASE by
+    Recall@10, and by NDCG@10 within the k-fold benchmark's measured gap plus that noise."""
+    table = default_model.table
+    tower, ease = table["two-tower"], table["ease"]
+    assert tower["recall@10"] >= ease["recall@10"], table
+    assert tower["ndcg@10"] >= ease["ndcg@10"] - NDCG_TOLERANCE, table
+
+
 def test_served_top_10_equals_the_evaluated_top_10(default_model: PipelineResult):
     result, artifacts = default_model, default_model.artifacts
     test, h = result.split.test, result.histories
     game_ids = artifacts.vocab.game_ids
-    items = catalog_items(artifacts.games_table, artifacts.vocab, artifacts.settings.features)
+    items = with_known(  # as the index was built: unplayed games from their metadata alone
+        catalog_items(artifacts.games_table, artifacts.vocab, artifacts.settings.features),
+        artifacts.games_table["popularity"].to_numpy() > 0,
+    )
     scores = tower_scorer(artifacts.towers, h, test, items, artifacts.settings)(
         test, slice(0, min(len(test), EVAL_CHUNK))
     )

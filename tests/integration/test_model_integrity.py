@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from tests.servers import BENTOML, free_port, run_until_exit
-from training.store import ADDED_SETTINGS, ModelIntegrityError, load_model_dir
+from tests.unit.conftest import tiny_artifacts
+from training.store import ADDED_SETTINGS, ModelIntegrityError, load_model_dir, save_model
 
 
 @pytest.fixture
@@ -164,11 +165,20 @@ def test_bentoml_serve_refuses_to_start_naming_the_part(trained, tmp_path: Path)
     assert "index.faiss has dimension 8, the user tower outputs" in output, output[-2000:]
 
 
-def test_a_model_saved_before_the_tower_settings_existed_loads_as_it_was(model_copy: Path):
-    config = yaml.safe_load((model_copy / "training.yaml").read_text())
+def test_a_model_saved_before_the_tower_settings_existed_loads_as_it_was(tmp_path: Path):
+    """A model of the first design (MLP towers, cosine scoring), saved before these settings
+    were written down: it loads with the values it was trained with."""
+    legacy = {f"{section}.{name}": value for (section, name), value in ADDED_SETTINGS.items()} | {
+        "model_name": "gamerec-legacy",
+        "loss.temperature": 0.05,
+    }
+    tag = save_model(tiny_artifacts(overrides=legacy))
+    path = tmp_path / "model"
+    shutil.copytree(bentoml.models.get(tag).path, path)
+    config = yaml.safe_load((path / "training.yaml").read_text())
     for section, name in ADDED_SETTINGS:
         del config[section][name]
-    (model_copy / "training.yaml").write_text(yaml.safe_dump(config))
-    loaded = load_model_dir(model_copy, tag="older")
+    (path / "training.yaml").write_text(yaml.safe_dump(config))
+    loaded = load_model_dir(path, tag="older")
     assert (loaded.settings.model.tower, loaded.settings.model.scoring) == ("mlp", "cosine")
     assert loaded.settings.loss.kept_weight == 0.0

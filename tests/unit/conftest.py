@@ -26,12 +26,19 @@ GAMES = pd.DataFrame(
 )
 
 
-def tiny_artifacts(tag: str = "gamerec:tiny", seed: int = 0) -> ModelArtifacts:
+def tiny_artifacts(
+    tag: str = "gamerec:tiny", seed: int = 0, overrides: dict[str, object] | None = None
+) -> ModelArtifacts:
     """Random towers over a 12-game catalog, with an exact index of their game vectors."""
     torch.manual_seed(seed)
     settings = with_overrides(
         load_training_config(),
-        {"model.embedding_dim": 8, "model.id_dim": 8, "model.hidden_dims": [16]},
+        {
+            "model.embedding_dim": 8,
+            "model.id_dim": 8,
+            "model.hidden_dims": [16],
+            **(overrides or {}),
+        },
     )
     vocab = Vocabulary.from_games_table(GAMES)
     towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
@@ -43,9 +50,9 @@ def tiny_artifacts(tag: str = "gamerec:tiny", seed: int = 0) -> ModelArtifacts:
         item_embeddings=embeddings,
         index=build_index(embeddings, config_section("index", type="flat")),
         settings=settings,
-        metrics={"index": {"type": "flat"}, "evaluation": {}, "training": {}},
+        metrics={"index": {"type": "flat", "recall_at_10": 1.0}, "evaluation": {}, "training": {}},
         dataset="tiny",
-        recall_queries=np.zeros((1, 8), np.float32),
+        recall_queries=np.zeros((1, embeddings.shape[1]), np.float32),
         tag=tag,
     )
 

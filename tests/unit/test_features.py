@@ -9,14 +9,15 @@ from training.features import (
     Vocabulary,
     catalog_items,
     collate_users,
+    encode_histories,
     encode_history,
     encode_record,
 )
-from training.histories import Histories, top_genres
+from training.histories import Histories, genre_matrix, top_genres
 from training.retrieval import select_items
 from training.towers import TwoTower
 
-CFG = config_section("features", history_weight="log1p")
+CFG = config_section("features", history_weight="log1p", history_norm="mean")
 GAMES = pd.DataFrame(
     {
         "game_id": ["g_0", "g_1", "g_2"],
@@ -43,7 +44,7 @@ def test_play_time_weights_are_log1p_and_normalized():
 
 
 def test_binary_weights_ignore_minutes():
-    cfg = config_section("features", history_weight="binary")
+    cfg = config_section("features", history_weight="binary", history_norm="mean")
     user = encode_history(np.array([0, 1]), np.array([5.0, 5000.0]), np.zeros(2), np.zeros(0), cfg)
     np.testing.assert_allclose(user.game_weights, [0.5, 0.5])
 
@@ -75,9 +76,58 @@ def test_empty_record_encodes_to_empty_bags():
 
 
 def test_top_genres_follow_the_weights():
-    game_genres = [np.array([1]), np.array([1, 0]), np.array([], np.int64)]
-    assert top_genres(np.array([0, 1]), np.array([1.0, 1.0]), game_genres, 1).tolist() == [1]
-    assert top_genres(np.array([2]), np.array([1.0]), game_genres, 3).tolist() == []
+    genres = genre_matrix([np.array([1]), np.array([1, 0]), np.array([], np.int64)], 2)
+    rows, picked = top_genres(
+        np.array([0, 0, 1, 2, 2]),
+        np.array([0, 1, 2, 1, 2]),
+        np.array([1.0, 1.0, 1.0, 1.0, 1.0]),
+        genres,
+        n_rows=3,
+        n=1,
+    )
+    # Row 0: genre 1 twice; row 1: a game without genres; row 2: a tie, the lower position.
+    assert rows.tolist() == [0, 2] and picked.tolist() == [1, 0]
+    rows, picked = top_genres(np.array([0, 0]), np.array([0, 1]), np.ones(2), genres, 1, 3)
+    assert rows.tolist() == [0, 0] and picked.tolist() == [0, 1]  # sorted, only present ones
+
+
+@pytest.mark.parametrize("history_norm", ["mean", "l2"])
+@pytest.mark.parametrize("history_weight", ["binary", "log1p"])
+def test_batch_encoding_equals_one_history_at_a_time(history_weight, history_norm):
+    """Training encodes a batch at once; serving one request at a time: the same features."""
+    cfg = config_section(
+        "features", history_weight=history_weight, history_norm=history_norm, max_history=3
+    )
+    rng = np.random.default_rng(0)
+    histories = [rng.choice(8, size=n, replace=False) for n in (4, 0, 1, 3)]
+    minutes = [rng.integers(0, 500, len(h)).astype(float) for h in histories]
+    achievements = [rng.integers(0, 3, len(h)).astype(float) for h in histories]
+    genres = [np.array([0, 2]), np.array([1]), np.zeros(0, np.int64), np.zeros(0, np.int64)]
+    one_by_one = collate_users(
+        [
+            encode_history(*row, cfg)
+            for row in zip(histories, minutes, achievements, genres, strict=True)
+        ]
+    )
+
+    def flat(parts):
+        return np.concatenate(parts)
+
+    def rows_of(parts):
+        return np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+
+    batch = encode_histories(
+        rows_of(histories),
+        flat(histories),
+        flat(minutes),
+        flat(achievements),
+        rows_of(genres),
+        flat(genres),
+        len(histories),
+        cfg,
+    )
+    for name in vars(one_by_one):
+        torch.testing.assert_close(getattr(batch, name), getattr(one_by_one, name), msg=name)
 
 
 def test_histories_are_csr_by_user():
@@ -103,7 +153,9 @@ def test_towers_give_unit_vectors_of_the_configured_size():
         3,
         len(VOCAB.genres),
         len(VOCAB.tags),
-        config_section("model", embedding_dim=8, id_dim=4, hidden_dims=[16]),
+        config_section(
+            "model", tower="mlp", scoring="cosine", embedding_dim=8, id_dim=4, hidden_dims=[16]
+        ),
     )
     model.eval()
     users = collate_users(

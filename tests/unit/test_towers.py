@@ -11,9 +11,16 @@ from serving.recommender import Recommender
 from tests.conftest import config_section
 from tests.unit.conftest import tiny_artifacts
 from training.config import load_training_config, with_overrides
-from training.features import UserRecord, Vocabulary, catalog_items, collate_users, encode_record
+from training.features import (
+    UserRecord,
+    Vocabulary,
+    catalog_items,
+    collate_users,
+    encode_record,
+    with_known,
+)
 from training.histories import Histories
-from training.retrieval import Example, RetrievalTask
+from training.retrieval import RetrievalTask, TrainingBatch
 from training.towers import TwoTower, output_dim
 
 GAMES = pd.DataFrame(
@@ -72,7 +79,14 @@ def test_kept_games_are_weighted_targets_or_masked():
         VOCAB,
     )
     inputs = histories.encode(0, np.array([0, 1]), np.zeros(0, np.int64), FEATURES)
-    examples = [Example(inputs, np.array([2]), np.array([3.0]))]
+    batch = TrainingBatch(
+        users=collate_users([inputs]),
+        input_rows=torch.tensor([0, 0]),
+        input_cols=torch.tensor([0, 1]),
+        target_rows=torch.tensor([0]),
+        target_cols=torch.tensor([2]),
+        target_minutes=np.array([3.0]),
+    )
     model = additive_towers()
     items = catalog_items(GAMES, VOCAB, FEATURES)
     user = model.user_embed(collate_users([inputs]))
@@ -80,10 +94,15 @@ def test_kept_games_are_weighted_targets_or_masked():
     def loss(kept: float) -> float:
         settings = with_overrides(
             load_training_config(),
-            {"loss.kept_weight": kept, "loss.temperature": 1.0, "model.tower": "additive"},
+            {
+                "loss.kept_weight": kept,
+                "loss.temperature": 1.0,
+                "model.tower": "additive",
+                "train.item_id_dropout": 0.0,
+            },
         )
         task = RetrievalTask(settings, items, histories, np.array([0]), np.random.default_rng(0))
-        return task.loss(model, user, examples).item()
+        return task.loss(model, user, batch).item()
 
     logits = (user @ model.item_embed(items).T)[0]
     masked = -torch.log_softmax(logits[[2, 3]], dim=0)[0]  # games 0 and 1 out of the softmax
@@ -91,6 +110,38 @@ def test_kept_games_are_weighted_targets_or_masked():
     weighted = -(log_p[2] + 0.1 * log_p[0] + 0.1 * log_p[1])
     assert abs(loss(0.0) - float(masked)) < 1e-5
     assert abs(loss(0.1) - float(weighted)) < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("metadata_for_played", [False, True])
+def test_a_new_game_is_placed_from_its_metadata_alone(metadata_for_played):
+    torch.manual_seed(0)
+    cfg = config_section("model", **ADDITIVE, metadata_for_played=metadata_for_played)
+    model = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), cfg).eval()
+    for table in (model.item_genres, model.item_tags, model.item_bias):
+        table.weight.normal_()
+    items = catalog_items(GAMES, VOCAB, FEATURES)
+    known = model.item_embed(items)
+    new = model.item_embed(with_known(items, np.array([True, False, True, True])))
+    # g_1 is new: rpg and roguelike (no tags), averaged; bias from the tables' last column.
+    metadata = model.item_genres.weight[[VOCAB.genre_index["rpg"], VOCAB.genre_index["roguelike"]]]
+    torch.testing.assert_close(new[1], metadata.mean(dim=0))
+    torch.testing.assert_close(new[[0, 2, 3]], known[[0, 2, 3]])
+    own = torch.cat([model.item_ids.weight[1], model.item_bias.weight[1]])
+    if metadata_for_played:
+        torch.testing.assert_close(known[1], own + metadata.mean(dim=0))
+    else:
+        torch.testing.assert_close(known[1], own)
+
+
+def test_id_dropout_places_a_share_of_games_from_metadata():
+    settings = with_overrides(load_training_config(), {"train.item_id_dropout": 0.5})
+    items = catalog_items(pd.concat([GAMES] * 250, ignore_index=True), VOCAB, FEATURES)
+    task = RetrievalTask(settings, items, None, np.array([0]), np.random.default_rng(0))
+    assert 0.45 < (~task._dropped_ids(items).known.numpy()).mean() < 0.55
+    played = np.arange(1000) % 3 > 0
+    still_known = task._dropped_ids(with_known(items, played)).known.numpy()
+    assert not (still_known & ~played).any()  # a new game never gets its id back
 
 
 def test_similar_games_are_the_cosine_nearest_without_the_bias():
