@@ -13,7 +13,13 @@ from typing import Annotated, TypeVar
 import typer
 
 from index.config import IndexConfig
-from training.config import ConfigError, load_training_config, parse_override
+from training.config import (
+    ConfigError,
+    TrainingSettings,
+    load_training_config,
+    parse_override,
+    with_overrides,
+)
 from training.schema import DataError
 
 app = typer.Typer(
@@ -112,14 +118,41 @@ def train(
         typer.Option("--set", help="override a setting: section.field=value (repeatable)"),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="training processes on this machine (DistributedDataParallel), each with "
+            "train.threads / nproc threads; under torchrun, one process per rank instead",
+        ),
+    ] = 1,
 ) -> None:
     """Train, evaluate against the baselines, build the index, save a new model version."""
+    from training import distributed
+
+    settings = load_training_config(config, dict(parse_override(t) for t in set_ or []))
+    if distributed.under_torchrun():
+        distributed.init_from_environment()
+        try:
+            _train_rank(settings, quiet)
+        finally:
+            distributed.leave()
+    elif nproc > 1:
+        threads = max(1, settings.train.threads // nproc)
+        settings = with_overrides(settings, {"train.threads": threads})
+        distributed.run_on(nproc, _train_rank, settings, quiet)
+    else:
+        _train_rank(settings, quiet)
+
+
+def _train_rank(settings: TrainingSettings, quiet: bool) -> None:
+    """One rank's part of `gamerec train` (the only one outside a distributed run)."""
     from training.pipeline import run, summary
 
-    overrides = dict(parse_override(text) for text in set_ or [])
-    result = run(load_training_config(config, overrides), progress=not quiet)
-    typer.echo(summary(result))
-    typer.secho(f"saved model: {result.tag}", fg=typer.colors.GREEN)
+    result = run(settings, progress=not quiet)
+    if result is not None:  # rank 0
+        typer.echo(summary(result))
+        typer.secho(f"saved model: {result.tag}", fg=typer.colors.GREEN)
 
 
 @app.command()

@@ -96,7 +96,7 @@ class TrainConfig(Strict):
     seed: int
     threads: int = Field(ge=1)
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=2)
+    batch_size: int = Field(ge=2, description="examples a step, over all ranks together")
     learning_rate: float = Field(gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         description="cosine: anneal to zero over `epochs`"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from index import build_and_measure
+from training import distributed
 from training.config import TrainingSettings
 from training.data.io import load_dataset
 from training.evaluate import Split, baseline_table, ranking_metrics, split_users
@@ -46,7 +47,11 @@ def with_popularity(
     return games_table.assign(popularity=histories.play_counts(users, len(games_table)))
 
 
-def run(settings: TrainingSettings, progress: bool = True, save: bool = True) -> PipelineResult:
+def run(
+    settings: TrainingSettings, progress: bool = True, save: bool = True
+) -> PipelineResult | None:
+    """Train, evaluate, build the index, save. In a distributed run every rank trains and only
+    rank 0 goes on (the others return None)."""
     dataset = load_dataset(settings.data.processed_dir)
     vocab = Vocabulary.from_games_table(dataset.games_table)
     histories = Histories.from_interactions(dataset.interactions, vocab)
@@ -54,6 +59,8 @@ def run(settings: TrainingSettings, progress: bool = True, save: bool = True) ->
     trained = train_two_tower(
         histories, split, vocab, dataset.games_table, settings, progress=progress
     )
+    if not distributed.current().is_main:
+        return None
 
     items = played_catalog(
         dataset.games_table, vocab, histories, split.train_users, settings.features

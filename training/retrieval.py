@@ -21,7 +21,6 @@ from training.config import TrainingSettings
 from training.features import ItemBatch, UserBatch, item_batch, with_known
 from training.histories import Histories
 from training.losses import catalog_log_probs, multinomial_nll, sampled_softmax
-from training.towers import TwoTower
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,16 @@ class TrainingBatch:
 
     def __len__(self) -> int:
         return len(self.users)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The games a batch is scored against. Sampled softmax: the catalog positions of the
+    columns (the batch's targets first) and their log Q correction."""
+
+    items: ItemBatch
+    positions: torch.Tensor | None = None
+    log_q: torch.Tensor | None = None
 
 
 def loss_kind(settings: TrainingSettings, n_games: int) -> str:
@@ -66,18 +75,43 @@ class RetrievalTask:
         if self.kind == "sampled" and self.cfg.logq_correction > 0:
             self.target_share = target_share(histories, train_users, self.n_games)
 
-    def loss(self, towers: TwoTower, user_emb: torch.Tensor, batch: TrainingBatch) -> torch.Tensor:
-        if self.kind == "sampled":
-            return self._sampled_loss(towers, user_emb, batch)
-        return self._full_loss(towers, user_emb, batch)
+    def candidates(self, batch: TrainingBatch) -> Candidates:
+        """The games a batch is scored against: the whole catalog (full softmax), or its
+        targets plus uniform draws (sampled softmax), a share of them without their ids."""
+        if self.kind == "full":
+            return Candidates(self._dropped_ids(self.items))
+        picked = batch.target_cols[_one_per_row(batch.target_rows, len(batch), self.rng)].numpy()
+        uniform = self.rng.integers(self.n_games, size=self.cfg.uniform_negatives)
+        positions = torch.from_numpy(np.concatenate([picked, uniform]))
+        log_q = None
+        if self.target_share is not None:
+            expected = (
+                len(picked) * self.target_share[positions]
+                + self.cfg.uniform_negatives / self.n_games
+            )
+            log_q = self.cfg.logq_correction * torch.log(expected)
+        return Candidates(self._dropped_ids(select_items(self.items, positions)), positions, log_q)
+
+    def loss(
+        self,
+        user_emb: torch.Tensor,
+        item_emb: torch.Tensor,
+        batch: TrainingBatch,
+        candidates: Candidates,
+    ) -> torch.Tensor:
+        """The batch's loss from the towers' outputs for it and for `candidates`."""
+        if candidates.positions is not None:
+            return sampled_softmax(
+                user_emb, item_emb, candidates.positions, self.cfg.temperature, candidates.log_q
+            )
+        return self._full_loss(user_emb, item_emb, batch)
 
     def _full_loss(
-        self, towers: TwoTower, user_emb: torch.Tensor, batch: TrainingBatch
+        self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: TrainingBatch
     ) -> torch.Tensor:
         target_rows, target_cols = batch.target_rows, batch.target_cols
         input_rows, input_cols = batch.input_rows, batch.input_cols
         kept = self.cfg.kept_weight
-        item_emb = towers.item_embed(self._dropped_ids(self.items))
         if kept == 0:  # the input's games are neither positives nor negatives
             log_probs = catalog_log_probs(
                 user_emb, item_emb, self.cfg.temperature, input_rows, input_cols
@@ -86,8 +120,7 @@ class RetrievalTask:
             log_probs = catalog_log_probs(user_emb, item_emb, self.cfg.temperature)
         weights = None  # every hidden game counts 1
         if self.cfg.target_weight == "log1p":  # longer-played hidden games count more
-            minutes = batch.target_minutes
-            weights = torch.from_numpy(1.0 + np.log1p(minutes)).float()
+            weights = torch.from_numpy(1.0 + np.log1p(batch.target_minutes)).float()
             weights = weights / weights.mean()
         if kept > 0:
             hidden = weights if weights is not None else torch.ones(len(target_rows))
@@ -95,22 +128,6 @@ class RetrievalTask:
             target_cols = torch.cat([target_cols, input_cols])
             weights = torch.cat([hidden, torch.full((len(input_rows),), kept)])
         return multinomial_nll(log_probs, target_rows, target_cols, weights)
-
-    def _sampled_loss(
-        self, towers: TwoTower, user_emb: torch.Tensor, batch: TrainingBatch
-    ) -> torch.Tensor:
-        picked = batch.target_cols[_one_per_row(batch.target_rows, len(batch), self.rng)].numpy()
-        uniform = self.rng.integers(self.n_games, size=self.cfg.uniform_negatives)
-        candidates = torch.from_numpy(np.concatenate([picked, uniform]))
-        log_q = None
-        if self.target_share is not None:
-            expected = (
-                len(picked) * self.target_share[candidates]
-                + self.cfg.uniform_negatives / self.n_games
-            )
-            log_q = self.cfg.logq_correction * torch.log(expected)
-        item_emb = towers.item_embed(self._dropped_ids(select_items(self.items, candidates)))
-        return sampled_softmax(user_emb, item_emb, candidates, self.cfg.temperature, log_q)
 
     def _dropped_ids(self, items: ItemBatch) -> ItemBatch:
         """The batch's games with a random `train.item_id_dropout` share placed from metadata

@@ -85,6 +85,10 @@ class TwoTower(nn.Module):
             for table in (self.item_genres, self.item_tags):
                 nn.init.zeros_(table.weight[:, -1])
 
+    def forward(self, users: UserBatch, items: ItemBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers at once (what DistributedDataParallel wraps): users' and games' outputs."""
+        return self.user_embed(users), self.item_embed(items)
+
     def user_embed(self, x: UserBatch) -> torch.Tensor:
         games = _bag(self.user_games, x.game_positions, x.game_offsets, x.game_weights)
         achievements = _bag(

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
+from training import distributed
 from training.config import FeatureConfig, TrainingSettings
 from training.evaluate import EvalSet, Scorer, Split, ranking_metrics
 from training.features import (
@@ -177,10 +178,18 @@ def train_two_tower(
     settings: TrainingSettings,
     progress: bool = True,
 ) -> TrainResult:
-    """Train on the training users; keep the epoch with the best validation Recall@10."""
+    """Train on the training users; keep the epoch with the best validation Recall@10.
+
+    In a distributed run (`training/distributed.py`) each rank trains on its shard of the
+    players, and every rank ends with the same weights."""
+    ranks = distributed.current()
+    progress = progress and ranks.is_main
     items = played_catalog(games_table, vocab, histories, split.train_users, settings.features)
     rng = seed_everything(settings.train.seed, settings.train.threads)
+    if ranks.world > 1:  # the same initial weights (seeded above), different examples
+        rng = np.random.default_rng([settings.train.seed, ranks.rank])
     towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
+    model = distributed.wrap(towers)
     optimizer = torch.optim.AdamW(
         towers.parameters(),
         lr=settings.train.learning_rate,
@@ -189,7 +198,7 @@ def train_two_tower(
     train_users = split.train_users[histories.lengths()[split.train_users] > 0]
     sampler = ExampleSampler(
         histories,
-        train_users,
+        distributed.shard(train_users, ranks),
         genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres)),
         settings,
         rng,
@@ -201,10 +210,13 @@ def train_two_tower(
     result = TrainResult(
         towers, best_epoch=-1, best_validation=-1.0, seconds=0.0, loss_kind=task.kind
     )
-    best_state, started, bs = None, time.perf_counter(), settings.train.batch_size
+    # train.batch_size is the global batch: each of the ranks takes its share of it.
+    best_state, started = None, time.perf_counter()
+    bs = max(1, settings.train.batch_size // ranks.world)
+    per_epoch = distributed.common_length(len(sampler.users))
     for epoch in range(1, settings.train.epochs + 1):
         towers.train()
-        users = sampler.epoch()
+        users = sampler.epoch()[:per_epoch]
         losses = []
         bar = tqdm(
             range(0, len(users), bs),
@@ -215,7 +227,9 @@ def train_two_tower(
         )
         for start in bar:
             batch = sampler.batch(users[start : start + bs])
-            loss = task.loss(towers, towers.user_embed(batch.users), batch)
+            candidates = task.candidates(batch)
+            user_emb, item_emb = model(batch.users, candidates.items)
+            loss = task.loss(user_emb, item_emb, batch, candidates)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -223,8 +237,11 @@ def train_two_tower(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         if schedule is not None:
             schedule.step()
-        scorer = tower_scorer(towers, histories, split.validation, items, settings)
-        recall = ranking_metrics(scorer, histories, split.validation, [10])["recall@10"]
+        recall = 0.0
+        if ranks.is_main:
+            scorer = tower_scorer(towers, histories, split.validation, items, settings)
+            recall = ranking_metrics(scorer, histories, split.validation, [10])["recall@10"]
+        recall = distributed.from_main(recall)  # every rank stops at the same epoch
         result.epochs.append(
             {"epoch": epoch, "loss": float(np.mean(losses)), "val_recall@10": recall}
         )

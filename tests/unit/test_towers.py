@@ -102,7 +102,8 @@ def test_kept_games_are_weighted_targets_or_masked():
             },
         )
         task = RetrievalTask(settings, items, histories, np.array([0]), np.random.default_rng(0))
-        return task.loss(model, user, batch).item()
+        candidates = task.candidates(batch)
+        return task.loss(user, model.item_embed(candidates.items), batch, candidates).item()
 
     logits = (user @ model.item_embed(items).T)[0]
     masked = -torch.log_softmax(logits[[2, 3]], dim=0)[0]  # games 0 and 1 out of the softmax
