@@ -10,8 +10,8 @@ span several nodes:
 Every rank reads the same data and makes the same seeded split; the training players are
 sharded by rank; DistributedDataParallel averages the gradients, so every rank holds the same
 weights after each step. Early stopping follows rank 0's validation score, broadcast to all.
-Only rank 0 evaluates, builds the index and saves the model. Backend: NCCL where CUDA is
-available, gloo on CPU.
+Only rank 0 evaluates, builds the index and saves the model. Backend: gloo, since the training
+loop runs on CPU (NCCL needs the towers and batches on the GPU, which the loop does not do yet).
 
 Sampled softmax (large catalogs) stays right across ranks without gathering candidates: each
 rank scores its own batch against its own candidates, with the logQ correction of how those
@@ -58,7 +58,7 @@ def under_torchrun() -> bool:
 def init_from_environment() -> Ranks:
     """Join the process group that `torchrun` (or `run_on`) described in the environment."""
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("gloo")
     return current()
 
 
