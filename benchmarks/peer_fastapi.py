@@ -3,9 +3,10 @@ worker process, the user tower and the FAISS search run per request (no batching
 
     GAMEREC_MODEL_TAG=gamerec:latest python -m benchmarks.peer_fastapi --port 3001 --workers 2
 
-It loads the same stored model and answers `POST /recommend` with the same validation and the
-same request path as `service.py` (`serving.orchestration.recommend`), so that the benchmark
-compares serving designs, not features: only where the user tower and FAISS run differs.
+It loads the same stored model and answers `POST /recommend` with the same validation, the
+same request path as `service.py` (`serving.orchestration.recommend`) and, when the service
+writes one (`access_log`), an access log line per request, so that the benchmark compares
+serving designs, not features: only where the user tower and FAISS run differs.
 
 Why a launcher instead of `uvicorn --workers N`: uvicorn's workers get the listening socket
 through `socket.fromfd`, whose protocol number is 0, and asyncio only sets TCP_NODELAY on
@@ -17,7 +18,6 @@ with 1). Here the parent binds an IPPROTO_TCP socket and forks the workers, whic
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import socket
@@ -25,9 +25,9 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from serving.orchestration import ServedModel, load_recommender, rank_queries, recommend
+from serving.orchestration import ServedModel, in_this_process, load_recommender, recommend
 from serving.recommender import ModelVersions
-from serving.schemas import RankedPositions, RecommendRequest, RecommendResponse, UserQuery
+from serving.schemas import RecommendRequest, RecommendResponse
 from serving.settings import service_settings
 
 SETTINGS = service_settings()
@@ -43,15 +43,14 @@ def readyz() -> dict[str, str]:
     return {"status": "ready", "model": SERVED.tag}
 
 
-async def rank_here(queries: list[UserQuery]) -> list[RankedPositions]:
-    """The user tower and FAISS in this process, for this request alone (no batching, no hop),
-    in a worker thread as FastAPI runs a blocking handler."""
-    return await asyncio.to_thread(rank_queries, VERSIONS, queries, SETTINGS.faiss_threads)
+# The user tower and FAISS in this process, for this request alone (no batching, no hop), in a
+# worker thread as FastAPI runs a blocking handler.
+RANK_HERE = in_this_process(VERSIONS, SETTINGS.faiss_threads)
 
 
 @app.post("/recommend")
 async def recommend_one(request: RecommendRequest) -> RecommendResponse:
-    return (await recommend(SERVED, [request], rank_here))[0]
+    return (await recommend(SERVED, [request], RANK_HERE))[0]
 
 
 def main() -> None:
@@ -68,7 +67,8 @@ def main() -> None:
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:  # a worker: serve this module's app on the inherited socket
-            config = uvicorn.Config(app, access_log=False, log_level="warning")
+            # An access log line per request when the service writes one (`access_log`).
+            config = uvicorn.Config(app, access_log=SETTINGS.access_log, log_level="info")
             uvicorn.Server(config).run(sockets=[sock])
             os._exit(0)
         children.append(pid)

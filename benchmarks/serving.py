@@ -7,11 +7,15 @@ both servers on free ports, waits for /readyz, warms them up, and runs wrk at 1,
 concurrent clients for a fixed time each, against one server and then the other (the order
 alternates per level; an idle server takes no CPU), so that the machine's drift hits both
 alike; then prints rps, p50, p99 and errors side by side with the ratio ours/peer, and writes
-the tables to docs/performance.md. A soak run (64 clients, minutes) reports errors and the
-growth of the service's resident memory.
+the tables to docs/performance.md and a plot of rps and p99 against clients to
+docs/serving.png. A soak run (64 clients, minutes) reports errors and the growth of the
+service's resident memory. `--placement` (repeatable) measures the service with the runner
+placed so (`placement` in configs/service.yaml), each placement a server of its own in the same
+run; the peer gets as many worker processes as the largest of them.
 
     python -m benchmarks.serving --catalog default --catalog 100k   # train both, 30 s per level
     python -m benchmarks.serving --model gamerec:latest --duration 10   # an existing model
+    python -m benchmarks.serving --model gamerec:latest --placement embedder --placement in_process
     python -m benchmarks.serving --catalog default --soak 300 --clients 64
 
 Needs wrk (`apt-get install -y wrk`). wrk and the servers share this machine's cores.
@@ -45,11 +49,12 @@ import numpy as np
 import pandas as pd
 
 from serving.settings import load_service_settings
-from tests.servers import free_port, running_process, tree_rss_mib
+from tests.servers import free_port, running_process, service_config, tree_rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "benchmarks" / "serving_wrk.lua"
 DOC = ROOT / "docs" / "performance.md"
+PLOT = ROOT / "docs" / "serving.png"
 GAMEREC = Path(sys.executable).parent / "gamerec"
 BENTOML = Path(sys.executable).parent / "bentoml"
 CLIENTS = (1, 8, 32, 64)
@@ -96,12 +101,35 @@ class Level:
 
 @dataclass
 class Target:
-    """A server to measure: its command line, its port and where its log goes."""
+    """A server to measure: its command line and environment, its port and where its log goes."""
 
     name: str
     command: list[str]
     port: int
     log: Path
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a service configuration serves a model: where the runner runs, how many entry
+    workers, and the environment that selects the configuration."""
+
+    requested: str  # the `placement` setting: auto, embedder or in_process
+    placement: str  # what it resolved to for this model
+    workers: int
+    env: dict[str, str]
+
+    @property
+    def processes(self) -> int:
+        return self.workers + (self.placement == "embedder")
+
+    @property
+    def name(self) -> str:
+        chosen = f"auto: {self.placement}" if self.requested == "auto" else self.placement
+        runner = " + 1 Embedder" if self.placement == "embedder" else ""
+        workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        return f"GameRec {chosen} ({workers}{runner})"
 
 
 def parse_args() -> argparse.Namespace:
@@ -131,6 +159,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         help="uvicorn workers of the peer (default: as many processes as the service runs)",
     )
+    parser.add_argument(
+        "--placement",
+        action="append",
+        choices=["auto", "embedder", "in_process"],
+        help="measure the service with this runner placement (repeatable; default: auto)",
+    )
     parser.add_argument("--no-peer", action="store_true", help="measure the service alone")
     parser.add_argument(
         "--soak", type=int, default=0, help="then N seconds at the highest level: errors, memory"
@@ -142,10 +176,12 @@ def parse_args() -> argparse.Namespace:
         "--ready-timeout", type=int, default=600, help="seconds to wait for /readyz"
     )
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to write")
+    parser.add_argument("--plot", type=Path, default=PLOT, help="figure to write")
     parser.add_argument("--no-doc", action="store_true", help="print the tables only")
     args = parser.parse_args()
     if not args.catalog and not args.model:
         args.catalog = ["default"]
+    args.placement = args.placement or ["auto"]
     return args
 
 
@@ -179,6 +215,25 @@ def load_catalog(tag: str, bentoml_home: str) -> tuple[str, pd.DataFrame]:
             capture_output=True, env={**os.environ, "BENTOML_HOME": bentoml_home},
         )  # fmt: skip
         return done.stdout.strip().splitlines()[-1], pd.read_parquet(out)
+
+
+def layout(placement: str, env: dict[str, str], workdir: Path) -> Layout:
+    """What `placement` makes of the model env["GAMEREC_MODEL_TAG"], asked of
+    `serving/placement.py` in a subprocess (it reads the store of env["BENTOML_HOME"])."""
+    directory = workdir / f"config-{placement}"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = service_config(directory, placement=placement)
+    code = (
+        "from serving.placement import entry_workers, runner_placement; "
+        "from serving.settings import load_service_settings; "
+        "s = load_service_settings(); p = runner_placement(s); print(p, entry_workers(s, p))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, text=True, capture_output=True,
+        env={**env, **config},
+    )  # fmt: skip
+    resolved, workers = done.stdout.split()[-2:]
+    return Layout(placement, resolved, int(workers), config)
 
 
 # --- request bodies ---------------------------------------------------------------------------
@@ -250,31 +305,41 @@ def http(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, 
         return err.code, err.read().decode(errors="replace")
 
 
-def targets(workdir: Path, peer_workers: int, with_peer: bool) -> list[Target]:
-    """Our service and the peer, each on a free port of its own."""
-    ours_port, peer_port = free_port(), free_port()
-    while peer_port == ours_port:
-        peer_port = free_port()
-    ours = Target(
-        "GameRec (BentoML)",
-        [str(BENTOML), "serve", "service:GameRec", "--host", "127.0.0.1", "--port", str(ours_port)],
-        ours_port,
-        workdir / "gamerec.log",
-    )
+def targets(
+    workdir: Path, layouts: list[Layout], peer_workers: int, with_peer: bool
+) -> list[Target]:
+    """Our service in each layout and the peer, each on a free port of its own."""
+    ports: list[int] = []
+    while len(ports) < len(layouts) + 1:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    ours = [
+        Target(
+            ours.name,
+            [str(BENTOML), "serve", "service:GameRec", "--host", "127.0.0.1", "--port", str(port)],
+            port,
+            workdir / f"gamerec-{ours.placement}.log",
+            ours.env,
+        )
+        for ours, port in zip(layouts, ports, strict=False)
+    ]
     peer = Target(
         f"FastAPI peer ({peer_workers} workers)",
         [sys.executable, "-m", "benchmarks.peer_fastapi", "--host", "127.0.0.1",
-         "--port", str(peer_port), "--workers", str(peer_workers)],
-        peer_port,
+         "--port", str(ports[-1]), "--workers", str(peer_workers)],
+        ports[-1],
         workdir / "peer.log",
+        {},
     )  # fmt: skip
-    return [ours, peer] if with_peer else [ours]
+    return [*ours, peer] if with_peer else ours
 
 
 @contextlib.contextmanager
 def serve(target: Target, url: str, env: dict[str, str], ready_timeout: int) -> Iterator[int]:
     """Run the target until the block ends; yields its process id once /readyz answers 200."""
     print("$", " ".join(target.command), flush=True)
+    env = {**env, **target.env}
     with running_process(target.command, f"{url}/readyz", env, target.log, ready_timeout) as p:
         yield p.pid
 
@@ -394,7 +459,8 @@ def machine_info(load_before: tuple[float, float, float]) -> dict[str, str]:
 def service_settings() -> str:
     settings = load_service_settings()
     return (
-        f"workers {settings.workers} (+1 Embedder), torch_threads {settings.torch_threads}, "
+        f"placement {settings.placement} (in_process up to {settings.in_process_max_games:,} "
+        f"games), workers {settings.workers}, torch_threads {settings.torch_threads}, "
         f"faiss_threads {settings.faiss_threads}, trace_recommend {settings.trace_recommend}, "
         f"batching max_batch_size {settings.batching.max_batch_size} / max_latency_ms "
         f"{settings.batching.max_latency_ms}, embedder max_calls_in_flight "
@@ -402,22 +468,25 @@ def service_settings() -> str:
     )
 
 
-def side_by_side(results: dict[str, list[Level]]) -> str:
-    """One row per concurrency level: each target's numbers, and ours/peer where there is one."""
+def side_by_side(results: dict[str, list[Level]], with_peer: bool) -> str:
+    """One row per concurrency level: each target's numbers, and each of ours over the peer
+    (the last target) where there is one."""
     names = list(results)
+    ours = names[:-1] if with_peer else names
     head = ["clients"]
     for name in names:
         head += [f"{name} rps", "p50 ms", "p99 ms", "errors"]
-    if len(names) == 2:
-        head += ["rps ratio ours/peer"]
+    if with_peer:
+        head += [f"{name.removeprefix('GameRec ')} / peer rps" for name in ours]
     rows = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for i, level in enumerate(results[names[0]]):
         cells = [str(level.clients)]
         for name in names:
             lv = results[name][i]
             cells += [f"{lv.rps:.0f}", f"{lv.p50_ms:.1f}", f"{lv.p99_ms:.1f}", str(lv.errors)]
-        if len(names) == 2:
-            cells.append(f"{level.rps / max(results[names[1]][i].rps, 1e-9):.2f}")
+        if with_peer:
+            peer = max(results[names[-1]][i].rps, 1e-9)
+            cells += [f"{results[name][i].rps / peer:.2f}" for name in ours]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -438,10 +507,10 @@ def error_notes(results: dict[str, list[Level]]) -> list[str]:
 
 
 def catalog_section(
-    catalog: str, tag: str, size: int, results: dict[str, list[Level]], soaked: Soak | None
+    measured: Measured, results: dict[str, list[Level]], soaked: Soak | None, with_peer: bool
 ) -> str:
-    lines = [f"### Catalog: {catalog} ({size:,} games, model `{tag}`, exact index)", "",
-             side_by_side(results)]  # fmt: skip
+    lines = [f"### Catalog: {measured.catalog} ({measured.games:,} games, model "
+             f"`{measured.tag}`, exact index)", "", side_by_side(results, with_peer)]  # fmt: skip
     notes = error_notes(results)
     if notes:
         lines += ["", "Errors seen:", "", *notes]
@@ -450,7 +519,8 @@ def catalog_section(
         rss = soaked.rss_mib
         lines += [
             "",
-            f"Soak, GameRec: {lv.clients} clients for {lv.seconds:.0f} s: {lv.requests} requests, "
+            f"Soak, {next(iter(results))}: {lv.clients} clients for {lv.seconds:.0f} s: "
+            f"{lv.requests} requests, "
             f"{lv.rps:.0f} rps, p50 {lv.p50_ms:.1f} ms, p99 {lv.p99_ms:.1f} ms, errors "
             f"{lv.errors} (non-2xx {lv.non2xx}: {lv.statuses}; socket errors "
             f"{lv.socket_errors}; timeouts {lv.timeouts}); resident memory of the service (all "
@@ -460,13 +530,15 @@ def catalog_section(
     return "\n".join(lines)
 
 
-def report(sections: list[str], info: dict[str, str], args: argparse.Namespace, peer: int) -> str:
+def report(sections: list[str], info: dict[str, str], args: argparse.Namespace) -> str:
     return "\n".join([
         f"Measured {datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by "
         f"`python -m benchmarks.serving {shlex.join(sys.argv[1:])}`.",
         "",
-        f"- service settings (configs/service.yaml): {service_settings()}",
-        f"- peer: `benchmarks/peer_fastapi.py` under uvicorn, {peer} worker processes",
+        f"- service settings (configs/service.yaml): {service_settings()}; measured with "
+        f"placement {', '.join(args.placement)}",
+        "- peer: `benchmarks/peer_fastapi.py` under uvicorn, as many worker processes as the "
+        "largest of ours",
         f"- load: wrk, {args.duration} s per level, {args.bodies} distinct bodies round-robin "
         f"(1-50 games each), request timeout {args.timeout} s",
         *(f"- {key}: {value}" for key, value in info.items()),
@@ -475,7 +547,36 @@ def report(sections: list[str], info: dict[str, str], args: argparse.Namespace, 
         "",
         "rps counts every response; p50 and p99 are over every response; errors = non-2xx "
         "responses + socket errors (connect, read, write) + wrk timeouts.",
+        "",
+        f"![rps and p99 against clients, ours and the peer's, per catalog]({PLOT.name})",
     ])  # fmt: skip
+
+
+def plot(measured: list[tuple[Measured, dict[str, list[Level]]]], path: Path) -> None:
+    """rps and p99 against clients for every server, one row of two panels per catalog."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(measured), 2, figsize=(11, 3.6 * len(measured)), squeeze=False)
+    for (catalog, results), (rps_axis, p99_axis) in zip(measured, axes, strict=True):
+        for name, levels in results.items():
+            clients = [lv.clients for lv in levels]
+            style = "--" if name.startswith("FastAPI") else "-"
+            rps_axis.plot(clients, [lv.rps for lv in levels], style, marker="o", label=name)
+            p99_axis.plot(clients, [lv.p99_ms for lv in levels], style, marker="o", label=name)
+        for axis, what in ((rps_axis, "requests per second"), (p99_axis, "p99 latency, ms")):
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(clients, [str(c) for c in clients])
+            axis.set_xlabel("concurrent clients")
+            axis.set_title(f"{catalog.catalog} ({catalog.games:,} games): {what}", fontsize=10)
+            axis.grid(alpha=0.3)
+        p99_axis.set_yscale("log")
+        rps_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def write_doc(path: Path, section: str) -> None:
@@ -493,22 +594,34 @@ def write_doc(path: Path, section: str) -> None:
 # --- main -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Measured:
+    """A catalog as measured: its name, model tag and number of games."""
+
+    catalog: str
+    tag: str
+    games: int
+
+
 def measure(
-    catalog: str, tag: str, env: dict[str, str], workdir: Path, args: argparse.Namespace, peer: int
-) -> str:
-    """Both servers up at once over the same bodies, driven in turn at each level (the order
-    alternates from level to level), so that the machine's drift hits both alike; then the
-    soak of ours. The section of the report."""
+    catalog: str, tag: str, env: dict[str, str], workdir: Path, args: argparse.Namespace
+) -> tuple[str, Measured, dict[str, list[Level]]]:
+    """Every server up at once over the same bodies, driven in turn at each level (the order
+    rotates from level to level), so that the machine's drift hits all alike; then the soak of
+    the first of ours. The section of the report, the catalog, and the levels per server."""
     tag, games = load_catalog(tag, env["BENTOML_HOME"])
     env = {**env, "GAMEREC_MODEL_TAG": tag}
     bodies = make_bodies(games, args.bodies, args.seed)
     bodies_lua = workdir / "bodies.lua"
     write_bodies(bodies, bodies_lua)
-    print(f"{catalog}: model {tag}, {len(games)} games, {len(bodies)} bodies", flush=True)
     (workdir / catalog).mkdir(parents=True, exist_ok=True)
+    layouts = [layout(p, env, workdir / catalog) for p in dict.fromkeys(args.placement)]
+    peer = args.peer_workers or max(lay.processes for lay in layouts)
+    print(f"{catalog}: model {tag}, {len(games)} games, {len(bodies)} bodies; "
+          f"{', '.join(lay.name for lay in layouts)}; peer {peer} workers", flush=True)  # fmt: skip
     with contextlib.ExitStack() as running:
         servers = []  # (target, url, pid)
-        for target in targets(workdir / catalog, peer, not args.no_peer):
+        for target in targets(workdir / catalog, layouts, peer, not args.no_peer):
             url = f"http://127.0.0.1:{target.port}"
             pid = running.enter_context(serve(target, url, env, args.ready_timeout))
             servers.append((target, url, pid))
@@ -516,7 +629,8 @@ def measure(
             warm_up(url, bodies, bodies_lua, target.log)
         results: dict[str, list[Level]] = {target.name: [] for target, _, _ in servers}
         for i, clients in enumerate(args.clients):
-            for target, url, _ in servers[:: 1 if i % 2 == 0 else -1]:
+            shift = i % len(servers)
+            for target, url, _ in servers[shift:] + servers[:shift]:
                 time.sleep(2)  # let the last run's requests and log lines drain
                 lv = run_wrk(url, bodies_lua, clients, args.duration, args.timeout, target.log)
                 results[target.name].append(lv)
@@ -527,9 +641,10 @@ def measure(
         if args.soak:
             target, url, pid = servers[0]
             clients = max(args.clients)
-            print(f"  soak: {clients} clients for {args.soak} s", flush=True)
+            print(f"  soak: {target.name}, {clients} clients for {args.soak} s", flush=True)
             soaked = soak(url, pid, bodies_lua, clients, args.soak, args, target.log)
-    return catalog_section(catalog, tag, len(games), results, soaked)
+    measured = Measured(catalog, tag, len(games))
+    return catalog_section(measured, results, soaked, not args.no_peer), measured, results
 
 
 def main() -> int:
@@ -540,10 +655,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     started, load_before = time.monotonic(), os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="gamerec-serving-"))
-    peer = args.peer_workers or load_service_settings().workers + 1  # entry workers + Embedder
     finished = False
     try:
-        sections = []
+        sections, measured = [], []
         runs = [(c, "gamerec:latest") for c in args.catalog or []]
         for i, model in enumerate(args.model or []):
             runs.append(("stored" if len(args.model) == 1 else f"stored-{i + 1}", model))
@@ -556,12 +670,15 @@ def main() -> int:
                 env["BENTOML_HOME"] = str(workdir / catalog / "bentoml")
                 (workdir / catalog).mkdir(parents=True, exist_ok=True)
                 train_catalog(catalog, workdir / catalog, env)
-            sections.append(measure(catalog, tag, env, workdir, args, peer))
-        section = report(sections, machine_info(load_before), args, peer)
+            section, catalog_measured, results = measure(catalog, tag, env, workdir, args)
+            sections.append(section)
+            measured.append((catalog_measured, results))
+        section = report(sections, machine_info(load_before), args)
         print("\n" + section + "\n")
         if not args.no_doc:
             write_doc(args.doc, section)
-            print(f"wrote {args.doc}")
+            plot(measured, args.plot)
+            print(f"wrote {args.doc} and {args.plot}")
         print(f"total time {time.monotonic() - started:.0f} s")
         finished = True
         return 0

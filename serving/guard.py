@@ -118,12 +118,17 @@ class _DuplicateKey(Exception):
     pass
 
 
-def _no_repeats(pairs: list[tuple[str, object]]) -> None:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen.add(key)
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """The object, as `json.loads` makes it; a repeated key raises `_DuplicateKey`. The dict is
+    built in C, the keys walked in Python only when there is a repeat to name."""
+    parsed = dict(pairs)
+    if len(parsed) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return parsed
 
 
 def duplicate_key(body: bytes) -> str | None:

@@ -1,25 +1,26 @@
 """A request's path through the service: features, the batched top-k, and the response.
 
 The entry service (`service.py`) and the FastAPI peer (`benchmarks/peer_fastapi.py`) both
-answer with `recommend`; they differ only in the `Rank` they pass: a coalesced call to the
-batched Embedder service, or `rank_queries` on a model loaded in the same process.
+answer with `recommend`; they differ only in the `Rank` they pass: the entry service's coalescer
+over `via_embedder` (the batched Embedder service) or `in_this_process` (`rank_queries` on a
+worker thread, `placement` in configs/service.yaml), the peer `in_this_process` per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import faiss
-import numpy as np
 import torch
 from prometheus_client import Histogram
 
 from serving.catalog import Catalog
-from serving.recommender import ModelVersions, Ranked, Recommender
+from serving.recommender import ModelVersions, Ranked, RankQuery, Recommender
 from serving.schemas import (
     RankedPositions,
     Recommendation,
@@ -30,12 +31,14 @@ from serving.schemas import (
 from serving.settings import EmbedderConfig, ServiceSettings
 from training.features import EncodedUser
 
-Rank = Callable[[list[UserQuery]], Awaitable[list[RankedPositions]]]
+Rank = Callable[[list[RankQuery]], Awaitable[list[Ranked]]]
+EmbedderCall = Callable[[list[UserQuery]], Awaitable[list[RankedPositions]]]
 
-# In /metrics next to BentoML's own: how well the entry service coalesces its Embedder calls.
-EMBEDDER_CALL_QUERIES = Histogram(
-    "gamerec_embedder_call_queries",
-    "User queries per call of the entry service to the Embedder (coalesced, serving/coalesce.py)",
+# In /metrics next to BentoML's own: how well the entry service coalesces its runner calls.
+RUNNER_CALL_QUERIES = Histogram(
+    "gamerec_runner_call_queries",
+    "User queries per call of the entry service to the batched runner, in this process or the "
+    "Embedder (coalesced, serving/coalesce.py)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
@@ -77,63 +80,82 @@ async def recommend(
         for r in requests
     ]
     warm = [i for i, u in enumerate(users) if len(u.game_positions)]
-    queries = [
-        UserQuery.from_encoded(users[i], excluded[i], requests[i].top_k, served.tag) for i in warm
-    ]
+    queries = [RankQuery(users[i], excluded[i], requests[i].top_k, served.tag) for i in warm]
     ranked = dict(zip(warm, await rank(queries), strict=True)) if warm else {}
-    responses = []
-    for i, (request, user) in enumerate(zip(requests, users, strict=True)):
-        if i in ranked:
-            answer = ranked[i]
-            result = Ranked(positions=np.array(answer.positions), scores=np.array(answer.scores))
-        else:
-            result = catalog.popular(request.top_k, excluded[i], request.genres)
-        responses.append(
-            shape_response(request, user, result, i not in ranked, catalog, served.tag)
+    return [
+        shape_response(
+            request,
+            user,
+            ranked[i]
+            if i in ranked
+            else catalog.popular(request.top_k, excluded[i], request.genres),
+            i not in ranked,
+            catalog,
+            served.tag,
         )
-    return responses
+        for i, (request, user) in enumerate(zip(requests, users, strict=True))
+    ]
 
 
 def rank_queries(
-    versions: ModelVersions, queries: list[UserQuery], faiss_threads: int
-) -> list[RankedPositions]:
+    versions: ModelVersions, queries: list[RankQuery], faiss_threads: int
+) -> list[Ranked]:
     """The batched runner's work: one user-tower pass and one FAISS search per model version
-    among the queries; answers in query order."""
+    among the queries; answers in query order, `k` games each."""
     # OpenMP thread counts are per calling thread, and callers run this in pool threads.
     faiss.omp_set_num_threads(faiss_threads)
     ranked: dict[int, Ranked] = {}
     for tag in dict.fromkeys(q.model_tag for q in queries):
         batch = [i for i, q in enumerate(queries) if q.model_tag == tag]
         found = versions.get(tag).top_k(
-            [queries[i].encoded() for i in batch],
+            [queries[i].user for i in batch],
             max(queries[i].k for i in batch),
-            [set(queries[i].exclude) for i in batch],
+            [queries[i].exclude for i in batch],
         )
         ranked.update(zip(batch, found, strict=True))
     return [
-        RankedPositions(
-            positions=ranked[i].positions[: q.k].tolist(), scores=ranked[i].scores[: q.k].tolist()
-        )
+        Ranked(positions=ranked[i].positions[: q.k], scores=ranked[i].scores[: q.k])
         for i, q in enumerate(queries)
     ]
 
 
-def retrying(call: Rank, cfg: EmbedderConfig) -> Rank:
-    """`call`, retried while the Embedder's worker restarts (connection refused or dropped) for
-    up to `cfg.retry_s`, so that callers see latency, not errors."""
+def in_this_process(versions: ModelVersions, faiss_threads: int) -> Rank:
+    """`rank_queries` on a worker thread: the event loop goes on reading and answering other
+    requests meanwhile (torch and FAISS release the GIL)."""
 
-    async def rank(queries: list[UserQuery]) -> list[RankedPositions]:
-        EMBEDDER_CALL_QUERIES.observe(len(queries))
+    async def rank(queries: list[RankQuery]) -> list[Ranked]:
+        return await asyncio.to_thread(rank_queries, versions, queries, faiss_threads)
+
+    return rank
+
+
+def via_embedder(call: EmbedderCall, cfg: EmbedderConfig) -> Rank:
+    """`call` (the Embedder's `top_k`) with the queries as it takes them, retried while the
+    Embedder's worker restarts (connection refused or dropped) for up to `cfg.retry_s`, so that
+    callers see latency, not errors."""
+
+    async def rank(queries: list[RankQuery]) -> list[Ranked]:
+        sent = [UserQuery.of(q) for q in queries]
         deadline = time.monotonic() + cfg.retry_s
         while True:
             try:
-                return await call(queries)
+                return [answer.ranked() for answer in await call(sent)]
             except aiohttp.ClientConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(cfg.retry_interval_s)
 
     return rank
+
+
+def counted(rank: Rank) -> Rank:
+    """`rank`, each call's number of queries observed in `RUNNER_CALL_QUERIES`."""
+
+    async def counting(queries: list[RankQuery]) -> list[Ranked]:
+        RUNNER_CALL_QUERIES.observe(len(queries))
+        return await rank(queries)
+
+    return counting
 
 
 def shape_response(
@@ -184,11 +206,13 @@ def similar_games(served: ServedModel, game_id: str, k: int) -> dict | None:
 
 
 def model_info(served: ServedModel) -> dict:
-    """`GET /info`'s answer: model, data set, catalog, index and the evaluation table."""
+    """`GET /info`'s answer: model, the worker process that answers, data set, catalog, index
+    and the evaluation table."""
     artifacts = served.recommender.artifacts
     metrics = artifacts.metrics
     return {
         "model": artifacts.tag,
+        "worker_pid": os.getpid(),
         "created": artifacts.created,
         "dataset": artifacts.dataset,
         "catalog_size": len(served.catalog.ids),

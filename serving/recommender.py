@@ -22,6 +22,17 @@ class Ranked:
     scores: np.ndarray
 
 
+@dataclass(frozen=True)
+class RankQuery:
+    """One user's work for the batched runner: features encoded by the model `model_tag`, the
+    catalog positions never to recommend, and how many games to find."""
+
+    user: EncodedUser
+    exclude: set[int]
+    k: int
+    model_tag: str
+
+
 class Recommender:
     """The served model: the user tower and the index of item embeddings."""
 

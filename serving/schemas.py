@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from serving.recommender import Ranked, RankQuery
 from serving.settings import service_settings
 from training.features import EncodedUser, UserRecord
 
@@ -110,28 +111,28 @@ class UserQuery(BaseModel):
     k: int
 
     @classmethod
-    def from_encoded(
-        cls, user: EncodedUser, exclude: set[int], k: int, model_tag: str
-    ) -> UserQuery:
+    def of(cls, query: RankQuery) -> UserQuery:
+        user = query.user
         return cls(
-            model_tag=model_tag,
+            model_tag=query.model_tag,
             game_positions=user.game_positions.tolist(),
             game_weights=user.game_weights.tolist(),
             achievement_weights=user.achievement_weights.tolist(),
             genre_positions=user.genre_positions.tolist(),
             dense=user.dense.tolist(),
-            exclude=sorted(exclude),
-            k=k,
+            exclude=sorted(query.exclude),
+            k=query.k,
         )
 
-    def encoded(self) -> EncodedUser:
-        return EncodedUser(
+    def rank_query(self) -> RankQuery:
+        user = EncodedUser(
             game_positions=np.asarray(self.game_positions, np.int64),
             game_weights=np.asarray(self.game_weights, np.float32),
             achievement_weights=np.asarray(self.achievement_weights, np.float32),
             genre_positions=np.asarray(self.genre_positions, np.int64),
             dense=np.asarray(self.dense, np.float32),
         )
+        return RankQuery(user, set(self.exclude), self.k, self.model_tag)
 
 
 class RankedPositions(BaseModel):
@@ -139,6 +140,13 @@ class RankedPositions(BaseModel):
 
     positions: list[int]
     scores: list[float]
+
+    @classmethod
+    def of(cls, ranked: Ranked) -> RankedPositions:
+        return cls(positions=ranked.positions.tolist(), scores=ranked.scores.tolist())
+
+    def ranked(self) -> Ranked:
+        return Ranked(positions=np.array(self.positions), scores=np.array(self.scores))
 
 
 class ReloadRequest(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,10 +17,14 @@ from training.config import CONFIG_DIR, ConfigError, Strict, load_yaml, validate
 
 
 class ServiceEnvironment(BaseSettings):
-    """`GAMEREC_MODEL_TAG` and `GAMEREC_ADMIN_TOKEN`; unset means "not given"."""
+    """`GAMEREC_SERVICE_CONFIG`, `GAMEREC_MODEL_TAG` and `GAMEREC_ADMIN_TOKEN`; unset means "not
+    given"."""
 
     model_config = SettingsConfigDict(env_prefix="GAMEREC_", extra="ignore")
 
+    service_config: Path | None = Field(
+        None, description="a service.yaml to read instead of configs/service.yaml"
+    )
     model_tag: str | None = Field(None, description="overrides `model_tag` of service.yaml")
     admin_token: SecretStr = Field(
         SecretStr(""), description="bearer token of /admin/*; unset, those endpoints answer 403"
@@ -55,29 +60,49 @@ class EmbedderConfig(Strict):
     probe_timeout_s: int = Field(ge=1, description="/readyz: the Embedder must answer in this")
 
 
+class ReloadConfig(Strict):
+    """How a reload received by one entry worker reaches the others (serving/reload.py)."""
+
+    poll_interval_s: float = Field(gt=0, description="each worker reads the wanted tag this often")
+
+
+Placement = Literal["embedder", "in_process"]
+
+
 class ServiceSettings(Strict):
     model_tag: str
-    workers: int = Field(ge=1, description="processes of the HTTP entry service")
+    placement: Placement | Literal["auto"] = Field(
+        description="where the batched runner runs: its own service, or in each entry worker"
+    )
+    in_process_max_games: int = Field(
+        ge=0, description="placement auto: in_process up to this catalog size, embedder above"
+    )
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        description="processes of the HTTP entry service; auto: from the cores"
+    )
     torch_threads: int = Field(ge=1)
     faiss_threads: int = Field(ge=1)
     trace_recommend: bool = Field(description="OpenTelemetry spans for the /recommend routes")
+    access_log: bool = Field(description="a log line per request of the entry service")
     request_timeout_s: float = Field(gt=0, description="BentoML answers 504 after this")
     model_versions_kept: int = Field(
         ge=2, description="versions each process keeps loaded: the served one and the previous"
     )
     batching: BatchingConfig
     embedder: EmbedderConfig
+    reload: ReloadConfig
     limits: LimitsConfig
     admin_token: SecretStr = Field(description="from GAMEREC_ADMIN_TOKEN only, never the file")
 
 
 def load_service_settings(path: Path | str | None = None) -> ServiceSettings:
-    """`configs/service.yaml` (or `path`), with the environment's model tag and admin token."""
-    path = Path(path) if path else CONFIG_DIR / "service.yaml"
+    """`path`, else `GAMEREC_SERVICE_CONFIG`, else `configs/service.yaml`; with the
+    environment's model tag and admin token."""
+    environment = ServiceEnvironment()
+    path = Path(path or environment.service_config or CONFIG_DIR / "service.yaml")
     raw = load_yaml(path)
     if "admin_token" in raw:
         raise ConfigError(f"{path}: admin_token is a secret: set GAMEREC_ADMIN_TOKEN instead")
-    environment = ServiceEnvironment()
     raw["admin_token"] = environment.admin_token
     if environment.model_tag:
         raw["model_tag"] = environment.model_tag

@@ -17,9 +17,22 @@ from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def service_config(directory: Path, **settings: object) -> dict[str, str]:
+    """The environment of a server that reads `configs/service.yaml` with these top-level
+    settings changed (e.g. `placement="embedder"`, `workers=2`), written to `directory`."""
+    raw = yaml.safe_load((PROJECT_ROOT / "configs" / "service.yaml").read_text())
+    unknown = set(settings) - set(raw)
+    if unknown:
+        raise KeyError(f"not settings of configs/service.yaml: {sorted(unknown)}")
+    path = directory / "service.yaml"
+    path.write_text(yaml.safe_dump({**raw, **settings}))
+    return {"GAMEREC_SERVICE_CONFIG": str(path)}
 
 
 def free_port() -> int:

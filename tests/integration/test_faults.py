@@ -1,5 +1,6 @@
-"""Faults under load, on a real `bentoml serve`: the inner service's worker is killed while
-clients keep sending requests. The service must come back by itself, `/readyz` must report the
+"""Faults under load, on a real `bentoml serve` with the runner in a service of its own
+(`placement: embedder`): the inner service's worker is killed while clients keep sending
+requests. The service must come back by itself, `/readyz` must report the
 outage while it lasts, and the number of failed requests must stay bounded."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.servers import running_server
+from tests.servers import running_server, service_config
 
 pytestmark = pytest.mark.slow
 CLIENTS = 4
@@ -60,12 +61,13 @@ class Load:
                 time.sleep(0.1)
 
 
-def test_killed_inner_worker_comes_back_with_bounded_failures(trained):
+def test_killed_inner_worker_comes_back_with_bounded_failures(trained, tmp_path):
     h, games = trained.histories, trained.artifacts.vocab.game_ids
     user = trained.split.test.users[0]
     body = {"user_id": "p", "time_played": {games[g]: 60.0 for g in h.game_positions[h.span(user)]}}
+    env = {"GAMEREC_MODEL_TAG": trained.tag, **service_config(tmp_path, placement="embedder")}
     with (
-        running_server(["service:GameRec"], env={"GAMEREC_MODEL_TAG": trained.tag}) as server,
+        running_server(["service:GameRec"], env=env) as server,
         Load(server.url, body) as load,
     ):
         time.sleep(3)

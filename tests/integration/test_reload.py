@@ -1,4 +1,5 @@
-"""POST /admin/reload on a real server under load: switching model versions fails no request."""
+"""POST /admin/reload on a real server under load: switching model versions fails no request,
+and with two entry workers the reload reaches both."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from serving.recommender import Recommender
 from tests.conftest import quick_settings
-from tests.servers import running_server
+from tests.servers import running_server, service_config
 from training.data.io import write_dataset
 from training.data.synthetic import generate
 from training.features import UserRecord
@@ -24,6 +25,7 @@ TOKEN = "reload-test-token-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 BODY = {"user_id": "u", "time_played": {"g_1": 60.0, "g_2": 30.0, "g_3": 5.0}, "top_k": 10}
 CLIENTS = 3
+REACHES_EVERY_WORKER_S = 5.0  # the bound of a reload's reach (issue 16)
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,50 @@ def test_reload_under_load_fails_no_request(server, broken_tag, new_version):
         server.post("/recommend", json=BODY).json()["recommendations"][0]["game_id"]
         == (expected[old][0])
     )
+
+
+@pytest.mark.slow
+def test_reload_reaches_every_worker_under_load(trained, new_version, tmp_path):
+    """Two entry workers (the runner in each): a reload received by one of them is served by
+    both within REACHES_EVERY_WORKER_S, and no request fails meanwhile."""
+    env = {
+        "GAMEREC_ADMIN_TOKEN": TOKEN,
+        "GAMEREC_MODEL_TAG": trained.tag,
+        **service_config(tmp_path, placement="in_process", workers=2),
+    }
+    with running_server(["service:GameRec"], env=env) as running:
+        stop = threading.Event()
+        answers: list[list[tuple[int, str, list[str]]]] = [[] for _ in range(CLIENTS)]
+        clients = [threading.Thread(target=_drive, args=(running.url, stop, a)) for a in answers]
+        for client in clients:
+            client.start()
+        try:
+            before = _models_by_worker(running.url, seconds=3)
+            reloaded = httpx.post(
+                f"{running.url}/admin/reload", json={"tag": new_version}, headers=AUTH, timeout=60
+            )
+            assert reloaded.status_code == 200, reloaded.text
+            time.sleep(REACHES_EVERY_WORKER_S)
+            after = _models_by_worker(running.url, seconds=3)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join()
+    assert len(before) == 2 and all(models == {trained.tag} for models in before.values())
+    assert after == {pid: {new_version} for pid in before}
+    every = [a for out in answers for a in out]
+    assert [a for a in every if a[0] != 200] == []
+    assert {model for _, model, _ in every} == {trained.tag, new_version}
+    print(f"\n{len(every)} requests, none failed; both workers on the new model within 5 s")
+
+
+def _models_by_worker(url: str, seconds: float) -> dict[int, set[str]]:
+    """GET /info on a fresh connection each time for `seconds`: the models each worker process
+    named (a new connection may land on either worker)."""
+    seen: dict[int, set[str]] = {}
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        info = httpx.get(f"{url}/info", timeout=30).json()
+        seen.setdefault(info["worker_pid"], set()).add(info["model"])
+        time.sleep(0.05)
+    return seen

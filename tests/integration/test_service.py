@@ -247,9 +247,9 @@ class TestHTTP:
         )
         assert chunked.status_code == 413
 
-    def test_concurrent_requests_share_embedder_calls(self, server, trained):
+    def test_concurrent_requests_share_runner_calls(self, server, trained):
         """32 clients at once each get their own answer, the one they get alone, while the entry
-        service sends their queries to the Embedder in fewer calls (serving/coalesce.py)."""
+        service sends their queries to the batched runner in fewer calls (serving/coalesce.py)."""
         h, games = trained.histories, trained.artifacts.vocab.game_ids
         bodies = [
             {
@@ -259,7 +259,7 @@ class TestHTTP:
             for i, u in enumerate(trained.split.test.users[:32])
         ]
         alone = [server.post("/recommend", json=b).json()["recommendations"] for b in bodies]
-        calls, queries = _embedder_calls(server)
+        calls, queries = _runner_calls(server)
         with ThreadPoolExecutor(len(bodies)) as pool:
             together = list(pool.map(lambda b: server.post("/recommend", json=b), bodies))
         assert [r.status_code for r in together] == [200] * len(bodies)
@@ -269,7 +269,7 @@ class TestHTTP:
             np.testing.assert_allclose(
                 [g["score"] for g in got], [g["score"] for g in expected], rtol=1e-5
             )
-        calls_after, queries_after = _embedder_calls(server)
+        calls_after, queries_after = _runner_calls(server)
         assert queries_after - queries == len(bodies)
         assert calls_after - calls < len(bodies)
 
@@ -278,12 +278,12 @@ class TestHTTP:
         assert server.post("/recommend", json=EXAMPLE).status_code == 200
 
 
-def _embedder_calls(server: httpx.Client) -> tuple[float, float]:
-    """(calls, queries) from the entry service's /metrics: its calls to the Embedder so far."""
+def _runner_calls(server: httpx.Client) -> tuple[float, float]:
+    """(calls, queries) from the entry service's /metrics: its calls to the runner so far."""
     totals = {"count": 0.0, "sum": 0.0}
     for line in server.get("/metrics").text.splitlines():
         for part in totals:
-            if line.startswith(f"gamerec_embedder_call_queries_{part}"):
+            if line.startswith(f"gamerec_runner_call_queries_{part}"):
                 totals[part] += float(line.rsplit(" ", 1)[1])
     return totals["count"], totals["sum"]
 

@@ -27,6 +27,8 @@ import aiohttp
 import bentoml
 import pytest
 from _bentoml_impl.client.proxy2 import RemoteProxy, SessionManager
+from _bentoml_impl.server.app import ServiceAppFactory
+from _bentoml_sdk.method import APIMethod
 from _bentoml_sdk.service.factory import Service
 from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml._internal.configuration.containers import BentoMLContainer
@@ -39,6 +41,7 @@ from opentelemetry.instrumentation import asgi as otel_asgi
 from opentelemetry.util.http import ExcludeList
 from pydantic import BaseModel
 from simple_di import sentinel
+from starlette.responses import Response
 
 from serving import bentoml_fixes as fixes
 
@@ -734,3 +737,71 @@ def test_7_bento_model_latest_resolves_past_the_bento(tmp_path) -> None:
         assert fixes.pinned_model_tag(PlainProbe, reference) == "gamerec:v2"
         fresh = bentoml.models.BentoModel("gamerec:latest")
         assert fixes.pinned_model_tag(PlainProbe, fresh) == "gamerec:latest"
+
+
+# ============================================= 8. start-up work redone for every request
+
+unpatched_local_call = pytest.mark.skipif(
+    APIMethod._local_call is not fixes._ORIGINAL_LOCAL_CALL,
+    reason="APIMethod._local_call was already patched in this process (service.py imported?)",
+)
+unpatched_headers = pytest.mark.skipif(
+    ServiceAppFactory._add_response_headers is fixes._add_response_headers,
+    reason="_add_response_headers was already patched in this process (service.py imported?)",
+)
+
+
+@bentoml.service(name="fixes_probe_local")
+class LocalProbe:
+    @bentoml.api
+    def echo(self, text: str) -> str:
+        return text
+
+
+@unpatched_local_call
+def test_8_every_request_builds_a_new_local_caller(monkeypatch) -> None:
+    """What `api_endpoint` does per request, `getattr(instance, name).local`: a new wrapper,
+    and a new `inspect.signature` of the method, each time."""
+    signatures = []
+    original = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda f: signatures.append(f) or original(f))
+    instance = LocalProbe.inner()
+    assert instance.echo.local is not instance.echo.local
+    assert len(signatures) == 2
+
+
+def test_8_patched_builds_it_once(monkeypatch) -> None:
+    monkeypatch.setattr(APIMethod, "_local_call", fixes._local_call_once)
+    instance, other = LocalProbe.inner(), LocalProbe.inner()
+    first = instance.echo.local
+    assert instance.echo.local is first and first("hi") == "hi"
+    assert other.echo.local is not first  # one per service instance
+
+
+def _count_format_reads(monkeypatch) -> list[int]:
+    reads: list[int] = []
+    provider = BentoMLContainer.logging_formatting
+    original = provider.get
+    monkeypatch.setattr(provider, "get", lambda: reads.append(1) or original(), raising=False)
+    return reads
+
+
+@unpatched_headers
+def test_8_every_response_reads_the_settings_again(monkeypatch) -> None:
+    reads = _count_format_reads(monkeypatch)
+    factory = SimpleNamespace(service=SimpleNamespace(name="probe"))
+    for _ in range(3):
+        ServiceAppFactory._add_response_headers(factory, Response())
+    assert len(reads) == 3
+
+
+def test_8_patched_headers_read_them_once_and_say_the_same(monkeypatch) -> None:
+    reads = _count_format_reads(monkeypatch)
+    fixes._header_formats.cache_clear()
+    factory = SimpleNamespace(service=SimpleNamespace(name="probe"))
+    responses = [Response() for _ in range(3)]
+    for response in responses:
+        fixes._add_response_headers(factory, response)
+    assert len(reads) == 1
+    assert responses[0].headers["server"] == "BentoML Service/probe"
+    fixes._header_formats.cache_clear()

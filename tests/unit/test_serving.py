@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from serving.catalog import Catalog
-from serving.orchestration import ServedModel, rank_queries, recommend
-from serving.recommender import ModelVersions, Recommender
-from serving.schemas import RecommendRequest, UserQuery
+from serving.orchestration import ServedModel, in_this_process, rank_queries, recommend
+from serving.recommender import ModelVersions, RankQuery, Recommender
+from serving.schemas import RankedPositions, RecommendRequest, UserQuery
 from tests.unit.conftest import tiny_artifacts
 from training.store import ModelArtifacts
 
@@ -39,11 +39,11 @@ def test_an_alias_is_resolved_and_not_kept():
     assert versions.get("gamerec:v7") is versions.get("gamerec:latest")
 
 
-def _query(recommender: Recommender, played: list[str], k: int, exclude: set[int]) -> UserQuery:
+def _query(recommender: Recommender, played: list[str], k: int, exclude: set[int]) -> RankQuery:
     from training.features import UserRecord
 
     user = recommender.encode([UserRecord(time_played={g: 30.0 for g in played})])[0]
-    return UserQuery.from_encoded(user, exclude, k, recommender.artifacts.tag)
+    return RankQuery(user, exclude, k, recommender.artifacts.tag)
 
 
 def test_rank_queries_answers_in_order_across_versions(artifacts: ModelArtifacts):
@@ -58,9 +58,26 @@ def test_rank_queries_answers_in_order_across_versions(artifacts: ModelArtifacts
     assert [len(a.positions) for a in answers] == [3, 5, 2]
     for query, answer in zip(queries, answers, strict=True):
         recommender = versions.get(query.model_tag)
-        alone = recommender.top_k([query.encoded()], query.k, [set(query.exclude)])[0]
-        assert answer.positions == alone.positions.tolist()  # the same as asked alone
-        assert set(answer.positions).isdisjoint(query.game_positions + query.exclude)
+        alone = recommender.top_k([query.user], query.k, [query.exclude])[0]
+        assert answer.positions.tolist() == alone.positions.tolist()  # the same as asked alone
+        assert set(answer.positions.tolist()).isdisjoint(
+            set(query.user.game_positions.tolist()) | query.exclude
+        )
+
+
+def test_the_embedder_wire_format_carries_a_query_whole(artifacts: ModelArtifacts):
+    """What the Embedder placement sends and answers is what the in-process placement uses."""
+    recommender = Recommender(artifacts)
+    query = _query(recommender, ["g_0", "g_5"], 4, {2, 7})
+    sent = UserQuery.model_validate_json(UserQuery.of(query).model_dump_json()).rank_query()
+    assert (sent.model_tag, sent.k, sent.exclude) == (query.model_tag, 4, {2, 7})
+    np.testing.assert_array_equal(sent.user.game_positions, query.user.game_positions)
+    np.testing.assert_allclose(sent.user.dense, query.user.dense)
+    versions = ModelVersions(lambda tag: recommender, keep=2)
+    here = asyncio.run(in_this_process(versions, faiss_threads=1)([query]))[0]
+    answered = RankedPositions.of(rank_queries(versions, [sent], faiss_threads=1)[0]).ranked()
+    assert answered.positions.tolist() == here.positions.tolist()
+    np.testing.assert_allclose(answered.scores, here.scores)
 
 
 def test_catalog_lookups(artifacts: ModelArtifacts):
@@ -79,7 +96,7 @@ def test_recommend_orchestrates_warm_and_cold_players(artifacts: ModelArtifacts)
     versions = ModelVersions(lambda tag: served.recommender, keep=2)
     calls: list[int] = []
 
-    async def rank(queries: list[UserQuery]):
+    async def rank(queries: list[RankQuery]):
         calls.append(len(queries))
         return rank_queries(versions, queries, faiss_threads=1)
 
