@@ -16,8 +16,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.build import build_index, measure_recall, plan_index
-from index.config import IndexConfig
+from index.build import build_index, measure_recall, plan_index, set_search_params
+from training.config import load_training_config
 
 PLOT = Path(__file__).resolve().parents[1] / "docs" / "index_recall.png"
 # Search settings tried on each built index: (faiss parameter name, values).
@@ -25,9 +25,9 @@ SWEEPS: dict[str, tuple[str, list[int]]] = {
     "flat": ("", [0]),
     "ivf": ("nprobe", [4, 16, 64]),
     "ivfpq": ("nprobe", [16, 64]),
-    "hnsw": ("efSearch", [32, 128]),
+    "ivfsq": ("nprobe", [4, 16, 64]),
+    "hnsw": ("ef_search", [32, 128]),
 }
-PARAM_KEYS = {"nprobe": "nprobe", "efSearch": "ef_search"}
 
 
 @dataclass
@@ -68,12 +68,12 @@ def describe(plan: dict, name: str, value: int) -> tuple[str, str]:
     """All effective parameters, and the swept one alone, as `key=value` text."""
     if not name:
         return "exact", "exact"
-    params = {k: v for k, v in plan.items() if k != "type"} | {PARAM_KEYS[name]: value}
-    return " ".join(f"{k}={v}" for k, v in params.items()), f"{PARAM_KEYS[name]}={value}"
+    params = {k: v for k, v in plan.items() if k != "type"} | {name: value}
+    return " ".join(f"{k}={v}" for k, v in params.items()), f"{name}={value}"
 
 
 def bench_type(index_type: str, items: np.ndarray, queries: np.ndarray, seed: int) -> list[Row]:
-    cfg = IndexConfig(type=index_type)
+    cfg = load_training_config().index.model_copy(update={"type": index_type})
     start = time.perf_counter()
     index = build_index(items, cfg, seed)
     build_seconds = time.perf_counter() - start
@@ -83,7 +83,7 @@ def bench_type(index_type: str, items: np.ndarray, queries: np.ndarray, seed: in
     rows = []
     for value in values:
         if name:
-            faiss.ParameterSpace().set_index_parameter(index, name, value)
+            set_search_params(index, plan | {name: value})
         params, setting = describe(plan, name, value)
         rows.append(
             Row(

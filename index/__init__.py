@@ -1,11 +1,12 @@
-"""FAISS item indexes for GameRec: build, measure recall, save, load and search."""
+"""FAISS item indexes for GameRec: build (or choose), measure recall, save, load and search."""
 
+from index.auto import IndexReport, build_and_measure, choose_index
 from index.build import (
-    IndexReport,
-    build_and_measure,
     build_index,
     measure_recall,
+    memory_bytes,
     plan_index,
+    query_ms,
     sample_queries,
 )
 from index.config import IndexConfig
@@ -16,9 +17,12 @@ __all__ = [
     "IndexReport",
     "build_and_measure",
     "build_index",
+    "choose_index",
     "index_bytes",
     "measure_recall",
+    "memory_bytes",
     "plan_index",
+    "query_ms",
     "read_index",
     "sample_queries",
     "search",

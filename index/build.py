@@ -1,4 +1,5 @@
-"""Build a FAISS index over item embeddings and measure its recall against exact search.
+"""Build a FAISS index over item embeddings and measure it: recall against exact search, query
+time on one thread, memory.
 
 Item embeddings are float32, one row per catalog item; the FAISS id of an item is its row
 position. Every index ranks by inner product: the towers' score (cosine for unit-norm vectors,
@@ -8,8 +9,10 @@ u·v + b with a bias dimension).
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -19,6 +22,14 @@ from index.config import IndexConfig
 
 # k-means wants about this many training points per centroid (faiss warns below it).
 MIN_POINTS_PER_CENTROID = 39
+# ivfsq trains its k-means on at most this many sampled points per list: a 1,000,000-game
+# catalog trains on 256,000 points, not all of them (faiss's own cap is 256 per list).
+IVFSQ_TRAIN_POINTS_PER_LIST = 64
+# ivfsq pads vectors with zeros to a multiple of this: faiss's SIMD scalar-quantizer kernels
+# need it (the towers' 257 dimensions would take the scalar loop, about 6 times slower).
+SIMD_WIDTH = 16
+# Links per node of the HNSW graph over ivfsq's list centres; it searches nprobe of them.
+QUANTIZER_HNSW_M = 32
 
 
 def as_matrix(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
@@ -41,6 +52,8 @@ def plan_index(n_items: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     39 items (at least one list), nprobe <= nlist, and 2**pq_bits <= n_items. A one-item
     catalog cannot train a product quantizer and falls back to an exact flat index.
     """
+    if cfg.type == "auto":
+        raise ValueError("index type auto is decided by measuring: use build_and_measure")
     if cfg.type == "ivfpq" and dim % cfg.pq_m:
         raise ValueError(f"index.pq_m={cfg.pq_m} must divide the embedding dim {dim}")
     if cfg.type == "flat" or (cfg.type == "ivfpq" and n_items < 2):
@@ -58,7 +71,26 @@ def plan_index(n_items: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     if cfg.type == "ivfpq":
         plan["pq_m"] = cfg.pq_m
         plan["pq_bits"] = min(cfg.pq_bits, int(math.log2(n_items)))
+    if cfg.type == "ivfsq":
+        plan["refine_factor"] = cfg.refine_factor
     return plan
+
+
+def _ivfsq(dim: int, nlist: int) -> faiss.Index:
+    """IVF over 8-bit scalar-quantized vectors (zero-padded to the SIMD width), whose short list
+    of candidates an exact flat index over the original vectors re-ranks. The lists' centres
+    are found by an HNSW graph (a flat scan of 4,000 centres costs a 1,000,000-game catalog
+    about a millisecond a query); k-means assigns with an exact flat index."""
+    padded = -(-dim // SIMD_WIDTH) * SIMD_WIDTH
+    quantizer = faiss.IndexHNSWFlat(padded, QUANTIZER_HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFScalarQuantizer(
+        quantizer, padded, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.cp.max_points_per_centroid = IVFSQ_TRAIN_POINTS_PER_LIST
+    ivf.clustering_index = faiss.IndexFlatIP(padded)
+    ivf.referenced_objects = [quantizer, ivf.clustering_index]  # alive as long as `ivf`
+    pad = faiss.IndexPreTransform(faiss.RemapDimensionsTransform(dim, padded, False), ivf)
+    return faiss.IndexRefineFlat(pad)  # faiss's wrappers keep their parts alive
 
 
 def _new_index(dim: int, plan: dict[str, Any]) -> faiss.Index:
@@ -69,6 +101,8 @@ def _new_index(dim: int, plan: dict[str, Any]) -> faiss.Index:
         index = faiss.IndexHNSWFlat(dim, plan["m"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = plan["ef_construction"]
         return index
+    if plan["type"] == "ivfsq":
+        return _ivfsq(dim, plan["nlist"])
     quantizer = faiss.IndexFlatIP(dim)
     if plan["type"] == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, plan["nlist"], faiss.METRIC_INNER_PRODUCT)
@@ -79,7 +113,7 @@ def _new_index(dim: int, plan: dict[str, Any]) -> faiss.Index:
     return index  # faiss's Python wrapper keeps `quantizer` alive with the index
 
 
-def _seed_clustering(index: faiss.Index, seed: int) -> None:
+def _seed_clustering(index: faiss.IndexIVF, seed: int) -> None:
     """Make k-means deterministic for `seed`.
 
     The catalog-size clamps in `plan_index` are deliberate, so faiss's "too few training points"
@@ -92,11 +126,17 @@ def _seed_clustering(index: faiss.Index, seed: int) -> None:
         index.pq.cp.min_points_per_centroid = 1
 
 
-def _set_search_params(index: faiss.Index, plan: dict[str, Any]) -> None:
+def set_search_params(index: faiss.Index, plan: dict[str, Any]) -> None:
+    """Give a built index the search parameters of `plan` (from `plan_index`)."""
     if "nprobe" in plan:
-        index.nprobe = plan["nprobe"]
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = plan["nprobe"]
+        if plan["type"] == "ivfsq":
+            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = plan["nprobe"]
     if plan["type"] == "hnsw":
         index.hnsw.efSearch = plan["ef_search"]
+    if plan["type"] == "ivfsq":
+        index.k_factor = plan["refine_factor"]
 
 
 def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index:
@@ -111,21 +151,16 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> fais
         raise ValueError("cannot build an index over an empty catalog")
     plan = plan_index(n_items, dim, cfg)
     index = _new_index(dim, plan)
-    if isinstance(index, faiss.IndexIVF):
-        _seed_clustering(index, seed)
+    if plan["type"] in ("ivf", "ivfpq", "ivfsq"):
+        _seed_clustering(faiss.downcast_index(faiss.extract_index_ivf(index)), seed)
         index.train(embeddings)
     index.add(embeddings)
-    _set_search_params(index, plan)
+    set_search_params(index, plan)
     return index
 
 
-def measure_recall(
-    index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10
-) -> float:
-    """Mean over queries of |approximate top-k ∩ exact top-k| / k, with k clamped to n_items.
-
-    The exact top-k comes from an IndexFlatIP over the same embeddings.
-    """
+def exact_top_ids(embeddings: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each query's exact top-k ids by inner product, k clamped to n_items: recall's truth."""
     embeddings = as_matrix(embeddings, "embeddings")
     queries = as_matrix(queries, "queries")
     if len(queries) == 0:
@@ -135,22 +170,60 @@ def measure_recall(
         raise ValueError("measuring recall needs k >= 1 and a non-empty catalog")
     exact = faiss.IndexFlatIP(embeddings.shape[1])
     exact.add(embeddings)
-    _, true_ids = exact.search(queries, k)
-    _, found_ids = index.search(queries, k)
+    return exact.search(queries, k)[1]
+
+
+def recall_against(index: faiss.Index, queries: np.ndarray, true_ids: np.ndarray) -> float:
+    """Mean over queries of |index's top-k ∩ true top-k| / k, k being true_ids' width."""
+    _, found_ids = index.search(as_matrix(queries, "queries"), true_ids.shape[1])
     hits = [len(set(t) & set(f[f >= 0])) for t, f in zip(true_ids, found_ids, strict=True)]
-    return float(np.mean(hits)) / k
+    return float(np.mean(hits)) / true_ids.shape[1]
 
 
-@dataclass
-class IndexReport:
-    """What was built and how well it matches exact search."""
+def measure_recall(
+    index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, k: int = 10
+) -> float:
+    """Mean over queries of |approximate top-k ∩ exact top-k| / k, with k clamped to n_items.
 
-    type: str
-    n_items: int
-    dim: int
-    params: dict[str, Any] = field(default_factory=dict)
-    recall_at_10: float = 1.0
-    build_seconds: float = 0.0
+    The exact top-k comes from an IndexFlatIP over the same embeddings.
+    """
+    return recall_against(index, queries, exact_top_ids(embeddings, queries, k))
+
+
+@contextmanager
+def one_faiss_thread() -> Iterator[None]:
+    """FAISS on one OpenMP thread inside the block (a process-wide setting), as before after."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def query_ms(
+    index: faiss.Index, queries: np.ndarray, repeats: int = 5, k: int = 10
+) -> tuple[float, float]:
+    """Milliseconds per query, one query per search on one FAISS thread: the medians over
+    `repeats` passes over `queries` (after one warm-up pass) of each pass's mean, in wall-clock
+    time and in the thread's CPU time (which a machine shared with other work inflates less)."""
+    queries = as_matrix(queries, "queries")
+    if len(queries) == 0:
+        raise ValueError("timing queries needs at least one query")
+    wall, cpu = [], []
+    with one_faiss_thread():
+        for _ in range(repeats + 1):
+            wall_start, cpu_start = time.perf_counter(), time.thread_time()
+            for row in range(len(queries)):
+                index.search(queries[row : row + 1], k)
+            wall.append((time.perf_counter() - wall_start) * 1000 / len(queries))
+            cpu.append((time.thread_time() - cpu_start) * 1000 / len(queries))
+    return statistics.median(wall[1:]), statistics.median(cpu[1:])
+
+
+def memory_bytes(index: faiss.Index) -> int:
+    """The index's size serialized, which is about what it holds in memory."""
+    return int(faiss.serialize_index(index).nbytes)
 
 
 def sample_queries(embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -158,31 +231,3 @@ def sample_queries(embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(embeddings), size=min(n, len(embeddings)), replace=False)
     return as_matrix(embeddings[np.sort(rows)], "queries")
-
-
-def build_and_measure(
-    embeddings: np.ndarray,
-    cfg: IndexConfig,
-    queries: np.ndarray | None = None,
-    seed: int = 0,
-) -> tuple[faiss.Index, IndexReport]:
-    """Build the index and report its effective parameters, build time and recall@10.
-
-    Without `queries`, `cfg.recall_queries` catalog rows are sampled with `seed` as queries.
-    """
-    embeddings = as_matrix(embeddings, "embeddings")
-    if queries is None:
-        queries = sample_queries(embeddings, cfg.recall_queries, seed)
-    start = time.perf_counter()
-    index = build_index(embeddings, cfg, seed)
-    build_seconds = time.perf_counter() - start
-    plan = plan_index(*embeddings.shape, cfg)
-    report = IndexReport(
-        type=plan.pop("type"),
-        n_items=embeddings.shape[0],
-        dim=embeddings.shape[1],
-        params=plan,
-        recall_at_10=measure_recall(index, embeddings, queries, k=10),
-        build_seconds=build_seconds,
-    )
-    return index, report

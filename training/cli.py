@@ -34,9 +34,11 @@ OUT_HELP = "output directory [default: data.processed_dir of configs/training.ya
 
 
 class IndexType(StrEnum):
+    auto = "auto"
     flat = "flat"
     ivf = "ivf"
     ivfpq = "ivfpq"
+    ivfsq = "ivfsq"
     hnsw = "hnsw"
 
 
@@ -158,7 +160,9 @@ def _train_rank(settings: TrainingSettings, quiet: bool) -> None:
 @app.command()
 @clear_errors
 def index(
-    type: Annotated[IndexType, typer.Option("--type", help="index kind")] = IndexType.flat,
+    type: Annotated[
+        IndexType, typer.Option("--type", help="index kind; auto: exact or tuned ivfsq")
+    ] = IndexType.auto,
     model: Annotated[str | None, typer.Option(help="model tag [default: the newest]")] = None,
 ) -> None:
     """Rebuild the index of a stored model as a new version, with its measured recall."""
@@ -173,10 +177,9 @@ def index(
     settings = artifacts.settings.model_copy(update={"index": cfg})
     metrics = {**artifacts.metrics, "index": asdict(report)}
     tag = save_model(replace(artifacts, index=built, settings=settings, metrics=metrics))
-    typer.echo(
-        f"index {report.type}: recall@10 vs exact {report.recall_at_10:.4f}, "
-        f"built in {report.build_seconds:.2f} s, params {report.params}"
-    )
+    typer.echo(report.summary())
+    if report.warning():
+        typer.secho(report.warning(), fg=typer.colors.YELLOW, err=True)
     typer.secho(f"saved model: {tag}", fg=typer.colors.GREEN)
 
 

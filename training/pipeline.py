@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from index import build_and_measure
+from index import IndexReport, build_and_measure
 from training import distributed
 from training.config import TrainingSettings
 from training.data.io import load_dataset
@@ -110,6 +110,7 @@ def run(
 
 def summary(result: PipelineResult) -> str:
     m = result.artifacts.metrics
+    index_report = IndexReport(**m["index"])
     return "\n".join(
         [
             format_table(
@@ -118,6 +119,7 @@ def summary(result: PipelineResult) -> str:
             ),
             f"\ntraining: {m['training']['seconds']} s, best epoch {m['training']['best_epoch']}, "
             f"loss {m['training']['loss']}",
-            f"index: {m['index']['type']}, recall@10 vs exact {m['index']['recall_at_10']:.4f}",
+            index_report.summary(),
+            *filter(None, [index_report.warning()]),
         ]
     )

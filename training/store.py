@@ -187,6 +187,12 @@ ADDED_SETTINGS = {
     ("model", "item_metadata"): True,
     ("train", "item_id_dropout"): 0.0,
     ("model", "metadata_for_played"): True,
+    # Older models have a concrete index.type, which none of these change; only the target's
+    # check (a warning on a rebuild below it) is new.
+    ("index", "recall_target"): 0.95,
+    ("index", "exact_budget_ms"): 1.0,
+    ("index", "refine_factor"): 4,
+    ("index", "max_probe_fraction"): 0.25,
 }
 
 

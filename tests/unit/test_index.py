@@ -22,7 +22,7 @@ from index.load import BLAS_FROM_QUERIES
 from tests.conftest import config_section
 from training.data.io import atomic_write_bytes
 
-ALL_TYPES = ["flat", "ivf", "ivfpq", "hnsw"]
+ALL_TYPES = ["flat", "ivf", "ivfpq", "ivfsq", "hnsw"]
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
