@@ -16,7 +16,6 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tqdm import tqdm
 
 from index.build import (
     as_matrix,
@@ -90,6 +89,8 @@ def _tune_nprobe(
     """The smallest nprobe up to the ceiling whose recall reaches the target (the ceiling if
     none does): doubling, then bisecting the last doubling. Recall grows with nprobe."""
     ceiling = _probe_ceiling(index, cfg)
+    from tqdm import tqdm  # here: the service imports `index` and its image has no tqdm
+
     with tqdm(desc="tuning nprobe", unit="setting", leave=False, disable=None) as bar:
 
         def reaches(nprobe: int) -> bool:

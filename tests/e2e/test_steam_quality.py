@@ -29,7 +29,9 @@ from training.train import tower_scorer
 
 pytestmark = [pytest.mark.slow, requires_steam_data()]
 SERVED_PLAYERS = 100
-NDCG_TOLERANCE = 0.02  # see test_default_config_is_not_below_ease
+# One split of 401 test players moves by ~0.015 with the seed alone; a design that is really
+# behind (the first MLP + cosine design: -0.035 / -0.04 against EASE) fails.
+TOLERANCE = 0.015
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +61,12 @@ def test_default_config_beats_popularity_on_held_out_players(default_model: Pipe
 
 
 def test_default_config_is_not_below_ease(default_model: PipelineResult):
-    """The guard of docs/quality.md's claim, on this one split (401 test players, where a
-    difference of ~0.015 is noise): the default two-tower ranks at least as well as EASE by
-    Recall@10, and by NDCG@10 within the k-fold benchmark's measured gap plus that noise."""
+    """The guard of docs/quality.md's claim, on this one split: the default two-tower ranks at
+    least as well as EASE by Recall@10 and NDCG@10, within the noise of 401 test players."""
     table = default_model.table
     tower, ease = table["two-tower"], table["ease"]
-    assert tower["recall@10"] >= ease["recall@10"], table
-    assert tower["ndcg@10"] >= ease["ndcg@10"] - NDCG_TOLERANCE, table
+    assert tower["recall@10"] >= ease["recall@10"] - TOLERANCE, table
+    assert tower["ndcg@10"] >= ease["ndcg@10"] - TOLERANCE, table
 
 
 def test_served_top_10_equals_the_evaluated_top_10(default_model: PipelineResult):

@@ -109,3 +109,19 @@ def test_the_bento_carries_what_the_service_imports_and_no_training_extras():
     imported = {_name(d) for top in tops for d in distributions.get(top, [])}
     carried = _with_dependencies(listed | {"bentoml"})
     assert imported - carried - OPTIONAL - {"gamerec"} == set()
+    # The image lacks the optional ones: our modules the service imports may not need them.
+    needs_optional = {
+        f: sorted(_top_level_imports(PROJECT_ROOT / f) & (OPTIONAL | TRAINING_ONLY)) for f in ours
+    }
+    assert {f: names for f, names in needs_optional.items() if names} == {}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Packages a module imports when it is imported (not inside its functions)."""
+    names = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
