@@ -9,7 +9,7 @@ min(K, #targets)) and NDCG@K. Training sees only the training users.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,14 +102,7 @@ def ranking_metrics(
     max_k = max(ks)
     totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
-    for start in range(0, len(eval_set), EVAL_CHUNK):
-        rows = slice(start, min(start + EVAL_CHUNK, len(eval_set)))
-        scores = np.asarray(scorer(eval_set, rows), dtype=np.float32).copy()
-        for i, user in enumerate(eval_set.users[rows]):
-            scores[
-                i, histories.game_positions[histories.span(user)][eval_set.inputs[start + i]]
-            ] = -np.inf
-        top = _top_k(scores, max_k)
+    for start, top in top_lists(scorer, histories, eval_set, max_k):
         for i, ranked in enumerate(top):
             targets = eval_set.targets[start + i]
             hits = np.isin(ranked, targets)
@@ -118,6 +111,21 @@ def ranking_metrics(
                 totals[f"recall@{k}"] += hits[:k].sum() / ideal
                 totals[f"ndcg@{k}"] += (hits[:k] * discounts[:k]).sum() / discounts[:ideal].sum()
     return {name: total / max(len(eval_set), 1) for name, total in totals.items()}
+
+
+def top_lists(
+    scorer: Scorer, histories: Histories, eval_set: EvalSet, k: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Each chunk's first row and its users' top-k games over the whole catalog, inputs
+    excluded."""
+    for start in range(0, len(eval_set), EVAL_CHUNK):
+        rows = slice(start, min(start + EVAL_CHUNK, len(eval_set)))
+        scores = np.asarray(scorer(eval_set, rows), dtype=np.float32).copy()
+        for i, user in enumerate(eval_set.users[rows]):
+            scores[
+                i, histories.game_positions[histories.span(user)][eval_set.inputs[start + i]]
+            ] = -np.inf
+        yield start, _top_k(scores, k)
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -247,14 +255,8 @@ def catalog_coverage(
 ) -> float:
     """Share of the catalog that appears in at least one user's top-k list."""
     shown = np.zeros(n_games, dtype=bool)
-    for start in range(0, len(eval_set), EVAL_CHUNK):
-        rows = slice(start, min(start + EVAL_CHUNK, len(eval_set)))
-        scores = np.asarray(scorer(eval_set, rows), dtype=np.float32).copy()
-        for i, user in enumerate(eval_set.users[rows]):
-            scores[
-                i, histories.game_positions[histories.span(user)][eval_set.inputs[start + i]]
-            ] = -np.inf
-        shown[_top_k(scores, k).ravel()] = True
+    for _, top in top_lists(scorer, histories, eval_set, k):
+        shown[top.ravel()] = True
     return float(shown.mean())
 
 
