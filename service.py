@@ -22,7 +22,7 @@ from pydantic import Field
 
 from serving import bentoml_fixes
 from serving.coalesce import Coalescer
-from serving.guard import ADMIN_BEARER, ADMIN_RESPONSES, ErrorMessage, RequestGuard
+from serving.guard import ADMIN_BEARER, ADMIN_RESPONSES, Admission, ErrorMessage, RequestGuard
 from serving.orchestration import (
     Rank,
     ServedModel,
@@ -51,7 +51,8 @@ from training.store import ModelIntegrityError, ModelNotFound, load_model
 
 SETTINGS = service_settings()
 PLACEMENT = runner_placement(SETTINGS)
-bentoml_fixes.apply_global_fixes()
+ADMISSION = Admission(SETTINGS.admission.max_in_flight, SETTINGS.admission.retry_after_s)
+bentoml_fixes.apply_global_fixes(SETTINGS.connections, ADMISSION)
 UNTRACED_ROUTES = () if SETTINGS.trace_recommend else ("/recommend", "/recommend_batch")
 
 
@@ -261,5 +262,7 @@ GameRec.add_asgi_middleware(
     RequestGuard,
     max_bytes=SETTINGS.limits.max_body_bytes,
     admin_token=SETTINGS.admin_token.get_secret_value(),
+    admission=ADMISSION,
+    body_timeout_s=SETTINGS.connections.body_timeout_s,
 )
 bentoml_fixes.cache_media_types(Embedder, GameRec)

@@ -52,6 +52,24 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    `http.response.trace_id` setting on every response. Together about a tenth of the entry
    worker's event-loop time at one client (py-spy, docs/performance.md). `reuse_per_request_work`
    builds each local caller once per service instance and reads the two settings once.
+9. Connections that hold a worker (uvicorn issue 157, "Further timeouts and resource
+   limiting": `--timeout-request-start` was planned and never made). BentoML 1.4.40 builds
+   uvicorn's `Config` itself (`_bentoml_impl/worker/service.py`) with only `backlog` and
+   `timeout_keep_alive` (the `bentoml serve --timeout-keep-alive` flag, default 5 s), no
+   `limit_concurrency`, no setting in BentoML's configuration for any of them. uvicorn 0.54
+   arms no timer while a request's headers arrive, and cancels its keep-alive timer on every
+   byte received (`data_received`): a client that trickles its headers a byte at a time holds
+   its connection forever. `serve_with_connection_limits` makes the worker's uvicorn use
+   `deadline_protocol`: headers must be whole within `connections.header_timeout_s` (else 408
+   and close), idle keep-alive connections close after `connections.keep_alive_s`, and a
+   connection beyond `connections.max_connections` is closed at once. (uvicorn's
+   `limit_concurrency` is no cap: at that many connections it answers every request of every
+   connection with a plain-text 503.) The body's deadline is `RequestGuard`'s. The same
+   protocol answers the 503 of a request that `Admission` (serving/guard.py) does not admit,
+   without an ASGI task: BentoML puts a service's own middleware inside its metrics, tracing,
+   access-log and timeout middlewares, which made a refusal cost more than the served requests
+   could spare under overload (docs/overload.md). BentoML's own `traffic.max_concurrency`
+   answers 429 without `Retry-After`, inside those same middlewares.
 """
 
 from __future__ import annotations
@@ -59,13 +77,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import re
 import weakref
 from collections.abc import Callable
 from importlib.metadata import version
+from types import SimpleNamespace
 
 import attr
 import bentoml
+import uvicorn
 from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.method import APIMethod
 from _bentoml_sdk.service.factory import Service
@@ -76,8 +97,10 @@ from bentoml._internal.service.openapi.specification import OpenAPISpecification
 from bentoml._internal.service.openapi.utils import exception_components_schema
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serving.guard import GUARD_RESPONSES, ErrorMessage
+from serving.guard import GUARD_RESPONSES, Admission, ErrorMessage
+from serving.settings import ConnectionsConfig
 
 BENTOML_VERSION = "1.4.40"  # the version these fixes were written for and tested on
 
@@ -95,8 +118,8 @@ def check_bentoml_version(installed: str | None = None) -> None:
         )
 
 
-def apply_global_fixes() -> None:
-    """Fixes 2, 6 and 8, which replace BentoML's own code; applied once per process."""
+def apply_global_fixes(connections: ConnectionsConfig, admission: Admission) -> None:
+    """Fixes 2, 6, 8 and 9, which replace BentoML's own code; applied once per process."""
     global _applied
     if _applied:
         return
@@ -104,6 +127,7 @@ def apply_global_fixes() -> None:
     patch_timeout_middleware()
     correct_openapi_spec()
     reuse_per_request_work()
+    serve_with_connection_limits(connections, admission)
     _applied = True
 
 
@@ -268,3 +292,125 @@ def reuse_per_request_work() -> None:
     """Fix 8."""
     APIMethod._local_call = _local_call_once
     ServiceAppFactory._add_response_headers = _add_response_headers
+
+
+# Fix 9: deadlines and a cap for the connections of the worker's uvicorn.
+def deadline_protocol(
+    limits: ConnectionsConfig, admission: Admission | None = None
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with `limits`: a request's headers must be whole within
+    `header_timeout_s` of the connection's opening (its first request) or of the request's
+    first byte, else 408 and close (a plain close if no byte came); an idle keep-alive
+    connection closes after `keep_alive_s`; one beyond `max_connections` is closed at once.
+    With `admission`, a request it does not admit gets its 503 from a bare ASGI app, outside
+    BentoML's middlewares (the metrics, the access log, the timeout's task)."""
+
+    refusal = _raw_response(admission.refusal) if admission is not None else b""
+
+    class DeadlineProtocol(HttpToolsProtocol):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.timeout_keep_alive = limits.keep_alive_s
+            self._header_deadline: asyncio.TimerHandle | None = None
+            self._request_begun = False
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                transport.close()
+                return
+            self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_deadline()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:  # the first byte of a request
+            super().on_message_begin()
+            self._request_begun = True
+            if self._header_deadline is None:  # not the connection's first request
+                self._arm_header_deadline()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_deadline()
+            self._request_begun = False
+            path = self.url.split(b"?", 1)[0].decode("latin-1")
+            if admission is None or admission.admits(path):
+                return super().on_headers_complete()
+            if self.cycle is not None and not self.cycle.response_complete:
+                served, self.app = self.app, admission.refusal  # pipelined: answer in turn
+                try:
+                    return super().on_headers_complete()
+                finally:
+                    self.app = served
+            # Answered here, without a task: under overload this is most of the requests.
+            self.cycle = _ANSWERED  # what the parser's body callbacks then see
+            self.transport.write(refusal)
+            if self.parser.should_keep_alive():
+                self.on_response_complete()
+            else:
+                self.transport.close()
+
+        def _arm_header_deadline(self) -> None:
+            self._disarm_header_deadline()
+            self._header_deadline = self.loop.call_later(
+                limits.header_timeout_s, self._headers_too_slow
+            )
+
+        def _disarm_header_deadline(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_deadline = None
+            if self.transport.is_closing():
+                return
+            if self._request_begun:
+                self.transport.write(_too_slow_response(limits.header_timeout_s))
+            self.transport.close()
+
+    return DeadlineProtocol
+
+
+class _Answered:
+    """Stands for the request/response cycle of a request answered by the protocol itself."""
+
+    response_complete, disconnected = True, False
+    message_event = SimpleNamespace(set=lambda: None)
+
+
+_ANSWERED = _Answered()
+
+
+def _raw_response(response: Response) -> bytes:
+    """A whole HTTP/1.1 response, as bytes, of a rendered Starlette response."""
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
+    return STATUS_LINE[response.status_code] + head + b"\r\n" + response.body
+
+
+def _too_slow_response(seconds: float) -> bytes:
+    body = json.dumps({"error": f"the request headers did not arrive within {seconds:g} s"})
+    return b"".join([
+        STATUS_LINE[408],
+        b"content-type: application/json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n\r\n",
+        body.encode(),
+    ])  # fmt: skip
+
+
+_ORIGINAL_UVICORN_CONFIG_INIT = uvicorn.Config.__init__
+
+
+def serve_with_connection_limits(limits: ConnectionsConfig, admission: Admission) -> None:
+    """Fix 9: the uvicorn of this worker (its `Config`, built by BentoML after the service is
+    imported) serves with `deadline_protocol(limits, admission)`, unless told another
+    protocol."""
+    protocol = deadline_protocol(limits, admission)
+
+    def config_init(self: uvicorn.Config, *args, **kwargs) -> None:
+        kwargs.setdefault("http", protocol)
+        _ORIGINAL_UVICORN_CONFIG_INIT(self, *args, **kwargs)
+
+    uvicorn.Config.__init__ = config_init

@@ -1,12 +1,17 @@
-"""The request guard: what no endpoint should have to parse, answered before any does; and the
-admin endpoints' bearer-token check."""
+"""The request guard: what no endpoint should have to parse, answered before any does; the
+admission limit (503 beyond it) and the body deadline (408); and the admin endpoints'
+bearer-token check."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
+import time
 
 from fastapi.security import HTTPBearer
+from prometheus_client import Counter
 from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -22,16 +27,70 @@ class ErrorMessage(BaseModel):
 
 
 GUARD_RESPONSES = {  # what `RequestGuard` answers for any POST
+    408: "the body did not arrive within `connections.body_timeout_s`",
     413: "the body is over `limits.max_body_bytes`",
     415: "the body is not `Content-Type: application/json`",
+    503: "over `admission.max_in_flight` requests in this worker: retry after `Retry-After` s",
 }
+# Probes and metrics are never refused: a worker busy at its limit is still alive and ready.
+UNLIMITED_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+SHED_LOG_INTERVAL_S = 10.0  # refusals are logged as a count at most this often, not one by one
+logger = logging.getLogger(__name__)
+# In /metrics: the refusals are answered before BentoML's request metrics see them.
+REFUSED = Counter(
+    "gamerec_refused_requests",
+    "Requests refused with 503: over admission.max_in_flight in flight in their worker",
+)
+
+
+class Admission:
+    """The requests one worker is answering, and its limit: beyond it, a request gets 503 with
+    `Retry-After` at once. `RequestGuard` counts; the worker's HTTP protocol (fix 9 of
+    serving/bentoml_fixes.py) refuses before BentoML's middlewares see the request, which under
+    overload is most of the cost of a refusal (measured in docs/overload.md)."""
+
+    def __init__(self, max_in_flight: int, retry_after_s: int) -> None:
+        self.max_in_flight, self.in_flight = max_in_flight, 0
+        self.refused, self._logged_refused, self._logged_at = 0, 0, time.monotonic()
+        message = (
+            f"overloaded: this worker is answering {max_in_flight} requests already; "
+            f"retry after {retry_after_s} s"
+        )
+        # Rendered once: it is answered in bulk under overload.
+        self.refusal = JSONResponse(
+            {"error": message}, status_code=503, headers={"Retry-After": str(retry_after_s)}
+        )
+
+    def admits(self, path: str) -> bool:
+        """Whether a request for `path` may go on; a refusal is counted (and logged in bulk)."""
+        if self.in_flight < self.max_in_flight or path in UNLIMITED_PATHS:
+            return True
+        if path.startswith(ADMIN_PATH):  # an operator may need a reload most under overload
+            return True
+        self.refused += 1
+        REFUSED.inc()
+        now = time.monotonic()
+        if now - self._logged_at >= SHED_LOG_INTERVAL_S:
+            logger.warning(
+                "overloaded: %d requests refused with 503 in the last %.0f s (admission."
+                "max_in_flight %d)", self.refused - self._logged_refused, now - self._logged_at,
+                self.max_in_flight,
+            )  # fmt: skip
+            self._logged_refused, self._logged_at = self.refused, now
+        return False
 
 
 class RequestGuard:
     """ASGI middleware: what no endpoint should have to parse, answered before any does.
 
+    - a request beyond `admission.max_in_flight` being answered in this worker gets 503 with
+      `Retry-After` at once, before its body is read (not `UNLIMITED_PATHS`, nor `/admin/...`),
+      see `Admission`;
     - `/admin/...` without the admin token gets 401 (403 while no token is set), see
       `admin_refusal`;
+    - a body that has not arrived whole `body_timeout_s` after its headers gets 408 and the
+      connection is closed (a client trickling its body holds no admission slot meanwhile:
+      a request counts as in flight from its whole body on);
     - a body over `max_bytes` gets 413, unread if its Content-Length says so, else as soon as
       the bytes read pass the limit (a chunked body);
     - a POST body that is not `Content-Type: application/json` gets 415;
@@ -39,26 +98,52 @@ class RequestGuard:
       the two values wins, so neither is guessed).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, admin_token: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        admin_token: str,
+        admission: Admission,
+        body_timeout_s: float,
+    ) -> None:
         self.app, self.max_bytes, self.admin_token = app, max_bytes, admin_token
+        self.admission, self.body_timeout_s = admission, body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             return await self.app(scope, receive, send)
+        if not self.admission.admits(scope["path"]):
+            return await self.admission.refusal(scope, receive, send)
         headers = Headers(scope=scope)
         refusal = self._before_body(scope, headers)
         if refusal is None and scope["method"] == "POST":
-            body = await _read_body(receive, self.max_bytes)
-            if body is None:
-                refusal = 413, self._too_large()
-            else:
-                refusal, receive = _body_refusal(body, headers), _replay(body, receive)
+            refusal, receive = await self._read_checked_body(headers, receive)
         if refusal is None:
-            return await self.app(scope, receive, send)
+            self.admission.in_flight += 1  # from its whole body on: a trickle holds no slot
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.admission.in_flight -= 1
         status, message = refusal
-        challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        response = JSONResponse({"error": message}, status_code=status, headers=challenge)
+        extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 408:
+            extra = {"Connection": "close"}  # the rest of the body may still be on its way
+        response = JSONResponse({"error": message}, status_code=status, headers=extra)
         await response(scope, receive, send)
+
+    async def _read_checked_body(
+        self, headers: Headers, receive: Receive
+    ) -> tuple[tuple[int, str] | None, Receive]:
+        """(refusal or None, the `receive` the app is to read the body from)."""
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await _read_body(receive, self.max_bytes)
+        except TimeoutError:
+            late = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            return (408, late), receive
+        if body is None:
+            return (413, self._too_large()), receive
+        return _body_refusal(body, headers), _replay(body, receive)
 
     def _before_body(self, scope: Scope, headers: Headers) -> tuple[int, str] | None:
         if scope["path"].startswith(ADMIN_PATH):

@@ -60,6 +60,30 @@ class EmbedderConfig(Strict):
     probe_timeout_s: int = Field(ge=1, description="/readyz: the Embedder must answer in this")
 
 
+class AdmissionConfig(Strict):
+    """How many requests an entry worker answers at once; beyond, 503 (serving/guard.py)."""
+
+    max_in_flight: int = Field(
+        ge=1, description="requests past the guard per entry worker; more get 503 at once"
+    )
+    retry_after_s: int = Field(ge=1, description="the 503's Retry-After header, seconds")
+
+
+class ConnectionsConfig(Strict):
+    """What a client connection may hold of an entry worker (serving/bentoml_fixes.py, fix 9)."""
+
+    header_timeout_s: float = Field(
+        gt=0, description="a request's headers must arrive within this, else 408 and close"
+    )
+    body_timeout_s: float = Field(
+        gt=0, description="its body within this after the headers, else 408 and close"
+    )
+    keep_alive_s: int = Field(ge=1, description="an idle keep-alive connection is closed after")
+    max_connections: int = Field(
+        ge=1, description="open connections per entry worker; one more is closed at once"
+    )
+
+
 class ReloadConfig(Strict):
     """How a reload received by one entry worker reaches the others (serving/reload.py)."""
 
@@ -92,6 +116,8 @@ class ServiceSettings(Strict):
     embedder: EmbedderConfig
     reload: ReloadConfig
     limits: LimitsConfig
+    admission: AdmissionConfig
+    connections: ConnectionsConfig
     admin_token: SecretStr = Field(description="from GAMEREC_ADMIN_TOKEN only, never the file")
 
 

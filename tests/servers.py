@@ -62,12 +62,21 @@ class Server:
 
     def worker_pid(self, service: str) -> int:
         """The process of one of the served BentoML services, e.g. "Embedder"."""
-        for child in psutil.Process(self.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                command = child.cmdline()
-                if "--service-name" in command and service in command:
-                    return child.pid
-        raise LookupError(f"no {service} worker under process {self.pid}")
+        pids = worker_pids(self.pid, service)
+        if not pids:
+            raise LookupError(f"no {service} worker under process {self.pid}")
+        return pids[0]
+
+
+def worker_pids(server_pid: int, service: str) -> list[int]:
+    """The worker processes of one BentoML service (e.g. "GameRec") under `bentoml serve`."""
+    pids = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            command = child.cmdline()
+            if "--service-name" in command and service in command:
+                pids.append(child.pid)
+    return pids
 
 
 @contextlib.contextmanager

@@ -26,6 +26,14 @@ class Strict(BaseModel):
 
 class DataConfig(Strict):
     processed_dir: Path
+    streaming: Literal["auto", "always", "never"] = Field(
+        description="read the interactions in batches of row groups instead of whole "
+        "(training/data/stream.py); auto: when there are more than `stream_above_plays`"
+    )
+    stream_above_plays: int = Field(ge=0, description="`streaming: auto` streams above this")
+    stream_buffer_plays: int = Field(
+        ge=1, description="plays a streamed epoch reads and shuffles together"
+    )
 
 
 class SplitConfig(Strict):
@@ -67,6 +75,11 @@ class ModelConfig(Strict):
         "(true), or is its id embedding alone (false: the metadata places only new games)"
     )
     embedding_dim: int = Field(ge=4)
+    linear_rank: int = Field(
+        ge=0,
+        description="additive dot_bias towers: the width of the frozen low-rank EASE part "
+        "mixed into the scores after training (training/linear_init.py); 0: none",
+    )
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]
     dropout: float = Field(ge=0, lt=1)
@@ -111,6 +124,11 @@ class TrainConfig(Strict):
         lt=1,
         description="share of games whose id embedding a training batch drops, so that the "
         "item tower learns to place a game from its genres and tags alone (new games)",
+    )
+    linear_mixes: list[float] = Field(
+        min_length=1,
+        description="model.linear_rank > 0: the linear part's shares α tried after training, "
+        "the best on the validation players kept (0: the learned towers alone)",
     )
 
 

@@ -211,13 +211,19 @@ def tune_ease(
 
 
 def baseline_table(
-    histories: Histories, split: Split, n_games: int, cfg: EvalConfig
+    histories: Histories,
+    split: Split,
+    n_games: int,
+    cfg: EvalConfig,
+    ease_lambda: float | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Popularity and tuned EASE on the test users (EASE only up to `cfg.ease_max_games`)."""
+    """Popularity and EASE on the test users (EASE only up to `cfg.ease_max_games`), its λ
+    tuned on the validation users unless already tuned there (`ease_lambda`)."""
     train = train_matrix(histories, split.train_users, n_games)
     table = {"popularity": ranking_metrics(popularity_scorer(train), histories, split.test, cfg.ks)}
     if n_games <= cfg.ease_max_games:
-        lam, weights = tune_ease(histories, train, split.validation, cfg.ease_lambdas)
+        lambdas = cfg.ease_lambdas if ease_lambda is None else [ease_lambda]
+        lam, weights = tune_ease(histories, train, split.validation, lambdas)
         table["ease"] = {
             **ranking_metrics(ease_scorer(histories, weights), histories, split.test, cfg.ks),
             "lambda": lam,

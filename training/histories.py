@@ -1,8 +1,9 @@
-"""Training-only features: every player's history from the play table, as flat arrays.
+"""Training-only features: players' histories from the play table, as flat arrays.
 
 Held-out evaluation and the training batches read histories from here; they turn parts of
 histories into model inputs with `training.features` (`encode_history`, `encode_histories`), the
-feature function serving uses.
+feature function serving uses. A streamed run (`training/data/stream.py`) holds the histories of
+a batch of players at a time, built from an Arrow table by the same `Histories.from_table`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from training.config import FeatureConfig
 from training.features import EncodedUser, Vocabulary, encode_history
+from training.schema import INTERACTION_COLUMNS
 
 
 def genre_matrix(game_genres: list[np.ndarray], n_genres: int) -> sp.csr_matrix:
@@ -59,21 +63,64 @@ class Histories:
     @classmethod
     def from_interactions(cls, interactions: pd.DataFrame, vocab: Vocabulary) -> Histories:
         """Every player's games as catalog positions, sorted by player id, then position."""
-        positions = interactions["game_id"].map(vocab.game_index)
-        if positions.isna().any():
-            missing = interactions.loc[positions.isna(), "game_id"].iloc[0]
-            raise ValueError(f"game {missing!r} is played but not in the catalog")
-        frame = interactions.assign(pos=positions.astype(np.int64)).sort_values(
-            ["user_id", "pos"], kind="stable"
-        )
-        user_ids, counts = np.unique(frame["user_id"].to_numpy(dtype=str), return_counts=True)
+        table = pa.Table.from_pandas(
+            interactions[list(INTERACTION_COLUMNS)], preserve_index=False
+        ).combine_chunks()
+        return cls.from_table(table.take(by_player_id(table["user_id"])), vocab)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, vocab: Vocabulary) -> Histories:
+        """The histories of a play table whose rows come grouped by player: players in the
+        table's order, each one's games sorted by catalog position."""
+        ids = table["user_id"].combine_chunks()
+        starts = np.zeros(min(len(ids), 1), np.int64)
+        if len(ids) > 1:
+            changes = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+            starts = np.concatenate([starts, np.flatnonzero(changes) + 1])
+        lengths = np.diff(np.append(starts, len(ids)))
+        positions = game_positions(table["game_id"], vocab)
+        player = np.repeat(np.arange(len(starts)), lengths)
+        # Stable, and linear on rows already in order (as `gamerec data synth` writes them).
+        order = np.argsort(player * len(vocab.game_ids) + positions, kind="stable")
         return cls(
-            user_ids=user_ids,
-            indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            game_positions=frame["pos"].to_numpy(np.int64),
-            minutes=frame["minutes_played"].to_numpy(np.float64),
-            achievements=frame["achievements"].to_numpy(np.float64),
+            user_ids=np.asarray(ids.take(starts).to_numpy(zero_copy_only=False), dtype=str),
+            indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            game_positions=positions[order],
+            minutes=_floats(table["minutes_played"])[order],
+            achievements=_floats(table["achievements"])[order],
         )
+
+    @classmethod
+    def concat(cls, parts: list[Histories]) -> Histories:
+        """The players of `parts`, one after the other."""
+        if not parts:
+            empty = np.zeros(0)
+            return cls(np.zeros(0, str), np.zeros(1, np.int64), np.zeros(0, np.int64), empty, empty)
+        lengths = np.concatenate([part.lengths() for part in parts])
+        return cls(
+            user_ids=np.concatenate([part.user_ids for part in parts]),
+            indptr=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            game_positions=np.concatenate([part.game_positions for part in parts]),
+            minutes=np.concatenate([part.minutes for part in parts]),
+            achievements=np.concatenate([part.achievements for part in parts]),
+        )
+
+    def take(self, users: np.ndarray) -> Histories:
+        """The histories of `users` (player numbers), in that order."""
+        flat = self.flat_index(users)
+        return Histories(
+            user_ids=self.user_ids[users],
+            indptr=np.concatenate([[0], np.cumsum(self.lengths()[users])]).astype(np.int64),
+            game_positions=self.game_positions[flat],
+            minutes=self.minutes[flat],
+            achievements=self.achievements[flat],
+        )
+
+    def flat_index(self, users: np.ndarray) -> np.ndarray:
+        """Where the games of `users` lie in the flat arrays, user after user."""
+        lengths = self.lengths()[users]
+        row_starts = np.cumsum(lengths) - lengths
+        return np.arange(lengths.sum()) + np.repeat(self.indptr[users] - row_starts, lengths)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -103,3 +150,21 @@ class Histories:
             genres,
             cfg,
         )
+
+
+def by_player_id(user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The order that sorts player ids (stable): how every list of players is sorted."""
+    return pc.sort_indices(user_ids).to_numpy()
+
+
+def game_positions(game_ids: pa.Array | pa.ChunkedArray, vocab: Vocabulary) -> np.ndarray:
+    """Catalog positions (int64) of game ids; an id outside the catalog is an error."""
+    positions = pc.index_in(game_ids, value_set=pa.array(vocab.game_ids, pa.string()))
+    if positions.null_count:
+        missing = game_ids.filter(positions.is_null())[0].as_py()
+        raise ValueError(f"game {missing!r} is played but not in the catalog")
+    return positions.to_numpy().astype(np.int64)
+
+
+def _floats(values: pa.ChunkedArray) -> np.ndarray:
+    return values.to_numpy().astype(np.float64)

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from index import IndexReport, build_and_measure
 from training import distributed
-from training.config import TrainingSettings
-from training.data.io import load_dataset
-from training.evaluate import Split, baseline_table, ranking_metrics, split_users
+from training.config import EvalConfig, TrainingSettings
+from training.data.io import open_dataset
+from training.data.stream import TrainingPlays, training_plays
+from training.evaluate import Split, baseline_table, popularity_scorer, ranking_metrics
 from training.features import Vocabulary
 from training.histories import Histories
+from training.linear_init import with_linear_part
 from training.report import chart_png, format_table
 from training.store import ModelArtifacts, save_model
 from training.train import (
     TrainResult,
+    catalog_with_plays,
     eval_inputs,
     item_embeddings,
-    played_catalog,
     tower_scorer,
     train_two_tower,
     user_embeddings,
@@ -40,11 +44,21 @@ class PipelineResult:
     tag: str = ""
 
 
-def with_popularity(
-    games_table: pd.DataFrame, histories: Histories, users: np.ndarray
-) -> pd.DataFrame:
+def with_popularity(games_table: pd.DataFrame, train_counts: np.ndarray) -> pd.DataFrame:
     """The games table with each game's number of training players (cold start ranks by it)."""
-    return games_table.assign(popularity=histories.play_counts(users, len(games_table)))
+    return games_table.assign(popularity=train_counts)
+
+
+def baselines(
+    plays: TrainingPlays, n_games: int, cfg: EvalConfig, ease_lambda: float | None
+) -> dict[str, dict[str, float]]:
+    """`baseline_table`; a streamed run holds no training player in memory, so popularity only
+    (from the streamed counts: a one-row matrix of them, which popularity_scorer sums)."""
+    if plays.stream is None:
+        return baseline_table(plays.histories, plays.split, n_games, cfg, ease_lambda)
+    counts = sp.csr_matrix(plays.train_counts[None, :].astype(np.float32))
+    scorer = popularity_scorer(counts)
+    return {"popularity": ranking_metrics(scorer, plays.histories, plays.split.test, cfg.ks)}
 
 
 def run(
@@ -52,20 +66,22 @@ def run(
 ) -> PipelineResult | None:
     """Train, evaluate, build the index, save. In a distributed run every rank trains and only
     rank 0 goes on (the others return None)."""
-    dataset = load_dataset(settings.data.processed_dir)
+    dataset = open_dataset(settings.data.processed_dir)
     vocab = Vocabulary.from_games_table(dataset.games_table)
-    histories = Histories.from_interactions(dataset.interactions, vocab)
-    split = split_users(histories, settings.split)
+    started = time.perf_counter()
+    plays = training_plays(dataset, vocab, settings, progress)
+    settings = with_linear_part(settings, len(vocab.game_ids), plays.stream is not None)
+    data_seconds = time.perf_counter() - started
+    histories, split = plays.histories, plays.split
     trained = train_two_tower(
-        histories, split, vocab, dataset.games_table, settings, progress=progress
+        histories, split, vocab, dataset.games_table, settings, progress, plays.stream
     )
     if not distributed.current().is_main:
         return None
 
-    items = played_catalog(
-        dataset.games_table, vocab, histories, split.train_users, settings.features
-    )
-    table = baseline_table(histories, split, len(vocab.game_ids), settings.eval)
+    items = catalog_with_plays(dataset.games_table, vocab, plays.train_counts, settings.features)
+    # The linear part's EASE was tuned on the same validation players: its λ is EASE's.
+    table = baselines(plays, len(vocab.game_ids), settings.eval, trained.linear.get("ease_lambda"))
     scorer = tower_scorer(trained.towers, histories, split.test, items, settings)
     table[TWO_TOWER] = ranking_metrics(scorer, histories, split.test, settings.eval.ks)
 
@@ -80,11 +96,14 @@ def run(
             "best_epoch": trained.best_epoch,
             "best_validation_recall@10": trained.best_validation,
             "loss": trained.loss_kind,
+            "streamed": plays.stream is not None,
+            "data_seconds": round(data_seconds, 1),  # reading the plays (streamed: both passes)
             "epochs": trained.epochs,
+            "linear_part": trained.linear,
             "machine": platform.platform(),
         },
         "split": {
-            "train_users": len(split.train_users),
+            "train_users": plays.n_train_players,
             "validation_users": len(split.validation),
             "test_users": len(split.test),
         },
@@ -93,7 +112,7 @@ def run(
     artifacts = ModelArtifacts(
         towers=trained.towers,
         vocab=vocab,
-        games_table=with_popularity(dataset.games_table, histories, split.train_users),
+        games_table=with_popularity(dataset.games_table, plays.train_counts),
         item_embeddings=embeddings,
         index=index,
         settings=settings,

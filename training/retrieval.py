@@ -19,7 +19,6 @@ import torch
 
 from training.config import TrainingSettings
 from training.features import ItemBatch, UserBatch, item_batch, with_known
-from training.histories import Histories
 from training.losses import catalog_log_probs, multinomial_nll, sampled_softmax
 
 
@@ -63,17 +62,18 @@ class RetrievalTask:
         self,
         settings: TrainingSettings,
         items: ItemBatch,
-        histories: Histories,
-        train_users: np.ndarray,
+        train_counts: np.ndarray | None,
         rng: np.random.Generator,
     ) -> None:
+        """`train_counts`: how many training players played each game (sampled softmax's
+        logQ reads it; None when it is not needed)."""
         self.cfg, self.items, self.rng = settings.loss, items, rng
         self.id_dropout = settings.train.item_id_dropout
         self.n_games = len(items.positions)
         self.kind = loss_kind(settings, self.n_games)
         self.target_share = None
         if self.kind == "sampled" and self.cfg.logq_correction > 0:
-            self.target_share = target_share(histories, train_users, self.n_games)
+            self.target_share = target_share(train_counts)
 
     def candidates(self, batch: TrainingBatch) -> Candidates:
         """The games a batch is scored against: the whole catalog (full softmax), or its
@@ -138,9 +138,9 @@ class RetrievalTask:
         return with_known(items, items.known.numpy() & kept)
 
 
-def target_share(histories: Histories, users: np.ndarray, n_games: int) -> torch.Tensor:
+def target_share(train_counts: np.ndarray) -> torch.Tensor:
     """Each game's share of the training targets (smoothed), the in-batch sampling odds."""
-    counts = histories.play_counts(users, n_games).astype(np.float64) + 1.0
+    counts = train_counts.astype(np.float64) + 1.0
     return torch.from_numpy(counts / counts.sum()).float()
 
 

@@ -187,12 +187,18 @@ ADDED_SETTINGS = {
     ("model", "item_metadata"): True,
     ("train", "item_id_dropout"): 0.0,
     ("model", "metadata_for_played"): True,
+    ("model", "linear_rank"): 0,
+    ("train", "linear_mixes"): [0.0],
     # Older models have a concrete index.type, which none of these change; only the target's
     # check (a warning on a rebuild below it) is new.
     ("index", "recall_target"): 0.95,
     ("index", "exact_budget_ms"): 1.0,
     ("index", "refine_factor"): 4,
     ("index", "max_probe_fraction"): 0.25,
+    # Older models read their plays whole; the streaming settings change nothing after training.
+    ("data", "streaming"): "never",
+    ("data", "stream_above_plays"): 5_000_000,
+    ("data", "stream_buffer_plays"): 2_000_000,
 }
 
 

@@ -16,6 +16,12 @@ Two scorings (`model.scoring`):
 - `dot_bias`: raw outputs and a per-game bias, carried as one extra dimension of each vector
   (user [u, 1], game [v, b]), so the inner product is u·v + b. In the additive tower the
   genres and tags carry a share of the bias too (their tables' last column).
+A linear part (`model.linear_rank` > 0, additive dot_bias towers only): frozen low-rank
+factors of EASE's item-item weights (training/linear_init.py), a user's vector p the sum of
+the played games' rows of P, a game's q its row of Q. Training learns the towers alone; then
+each user's two scores are standardized over the catalog and mixed, (1-α)·z_learned + α·z_linear,
+which stays one inner product: user [(1-α)/σ·u, α/σ'·p, (1-α)/σ], game [v, q, b], σ and σ' the
+spreads of the user's scores over the games (from the games' covariance, `mix_linear`).
 """
 
 from __future__ import annotations
@@ -28,9 +34,15 @@ from training.config import ModelConfig
 from training.features import N_DENSE, ItemBatch, UserBatch
 
 
+def linear_rank(cfg: ModelConfig) -> int:
+    """The linear part's width: `model.linear_rank` for additive dot_bias towers, else 0."""
+    return cfg.linear_rank if cfg.tower == "additive" and cfg.scoring == "dot_bias" else 0
+
+
 def output_dim(cfg: ModelConfig) -> int:
-    """The size of the towers' outputs, which is the index's dimension."""
-    return cfg.embedding_dim + (cfg.scoring == "dot_bias")
+    """The size of the towers' outputs, which is the index's dimension: the learned part, the
+    linear part, the bias."""
+    return cfg.embedding_dim + linear_rank(cfg) + (cfg.scoring == "dot_bias")
 
 
 def _mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -43,10 +55,16 @@ def _mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Seq
 
 
 def _bag(
-    table: nn.Embedding, values: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
+    table: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Weighted sum of embeddings per bag; an empty bag gives zeros."""
-    return F.embedding_bag(values, table.weight, offsets, mode="sum", per_sample_weights=weights)
+    """Weighted sum of a table's rows per bag; an empty bag gives zeros."""
+    return F.embedding_bag(values, table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _spread(vectors: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """Per row u, the standard deviation of u·v over games v with this covariance."""
+    variance = ((vectors @ covariance) * vectors).sum(dim=1, keepdim=True)
+    return variance.clamp_min(1e-12).sqrt()
 
 
 class TwoTower(nn.Module):
@@ -84,17 +102,25 @@ class TwoTower(nn.Module):
         if self.metadata_bias:  # the bias starts at zero, as the id bias does
             for table in (self.item_genres, self.item_tags):
                 nn.init.zeros_(table.weight[:, -1])
+        self.linear_rank = linear_rank(cfg)
+        if self.linear_rank:  # buffers: the optimizer never sees them, the state dict has them
+            r = self.linear_rank
+            self.register_buffer("linear_users", torch.zeros(n_games, r))
+            self.register_buffer("linear_items", torch.zeros(n_games, r))
+            self.register_buffer("linear_mix", torch.zeros(()))  # α; 0: learned scores alone
+            self.register_buffer("learned_cov", torch.zeros(d + 1, d + 1))
+            self.register_buffer("linear_cov", torch.zeros(r, r))
 
     def forward(self, users: UserBatch, items: ItemBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Both towers at once (what DistributedDataParallel wraps): users' and games' outputs."""
         return self.user_embed(users), self.item_embed(items)
 
     def user_embed(self, x: UserBatch) -> torch.Tensor:
-        games = _bag(self.user_games, x.game_positions, x.game_offsets, x.game_weights)
+        games = _bag(self.user_games.weight, x.game_positions, x.game_offsets, x.game_weights)
         achievements = _bag(
-            self.user_games, x.game_positions, x.game_offsets, x.achievement_weights
+            self.user_games.weight, x.game_positions, x.game_offsets, x.achievement_weights
         )
-        genres = _bag(self.user_genres, x.genre_positions, x.genre_offsets, x.genre_weights)
+        genres = _bag(self.user_genres.weight, x.genre_positions, x.genre_offsets, x.genre_weights)
         dense = x.dense
         if not self.cfg.user_genres:
             genres = torch.zeros_like(genres)
@@ -106,13 +132,23 @@ class TwoTower(nn.Module):
             user = games + achievements + genres + self.user_dense(dense)
         if self.cfg.scoring == "cosine":
             return F.normalize(user, dim=1)
-        return torch.cat([user, torch.ones(len(user), 1)], dim=1)
+        learned = torch.cat([user, torch.ones(len(user), 1)], dim=1)
+        if not self.linear_rank:
+            return learned
+        linear = _bag(self.linear_users, x.game_positions, x.game_offsets, x.game_weights)
+        alpha = self.linear_mix
+        if alpha > 0:
+            learned = learned * (1 - alpha) / _spread(learned, self.learned_cov)
+            linear = linear * alpha / _spread(linear, self.linear_cov)
+        else:
+            linear = torch.zeros_like(linear)
+        return torch.cat([learned[:, :-1], linear, learned[:, -1:]], dim=1)
 
     def item_embed(self, x: ItemBatch) -> torch.Tensor:
         known = x.known.unsqueeze(1).float()
         ids = self.item_ids(x.positions) * known
-        genres = _bag(self.item_genres, x.genres, x.genre_offsets, x.genre_weights)
-        tags = _bag(self.item_tags, x.tags, x.tag_offsets, x.tag_weights)
+        genres = _bag(self.item_genres.weight, x.genres, x.genre_offsets, x.genre_weights)
+        tags = _bag(self.item_tags.weight, x.tags, x.tag_offsets, x.tag_weights)
         if not self.cfg.item_metadata:
             genres, tags = torch.zeros_like(genres), torch.zeros_like(tags)
         elif not self.cfg.metadata_for_played:  # metadata only where the id is unknown
@@ -128,4 +164,21 @@ class TwoTower(nn.Module):
         if self.cfg.scoring == "cosine":
             return F.normalize(item, dim=1)
         bias = self.item_bias(x.positions) * known + metadata_bias
-        return torch.cat([item, bias], dim=1)
+        if not self.linear_rank:
+            return torch.cat([item, bias], dim=1)
+        return torch.cat([item, self.linear_items[x.positions] * known, bias], dim=1)
+
+    @torch.no_grad()
+    def mix_linear(
+        self, user_games: torch.Tensor, item_ids: torch.Tensor, alpha: float, items: ItemBatch
+    ) -> None:
+        """Set the linear part's factors and its share α; the spreads of the scores come from
+        the covariance of the catalog's vectors (`items`, the games a player can be shown)."""
+        self.linear_users.copy_(user_games)
+        self.linear_items.copy_(item_ids)
+        self.linear_mix.fill_(alpha)
+        vectors = self.item_embed(items)
+        d, r = self.cfg.embedding_dim, self.linear_rank
+        learned = torch.cat([vectors[:, :d], vectors[:, -1:]], dim=1)
+        self.learned_cov.copy_(torch.cov(learned.T))
+        self.linear_cov.copy_(torch.cov(vectors[:, d : d + r].T).reshape(r, r))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from training import distributed
 from training.config import FeatureConfig, TrainingSettings
+from training.data.stream import PlayStream
 from training.evaluate import EvalSet, Scorer, Split, ranking_metrics
 from training.features import (
     EncodedUser,
@@ -30,6 +32,7 @@ from training.features import (
     with_known,
 )
 from training.histories import Histories, genre_matrix, top_genres
+from training.linear_init import choose_mix, ease_factors, with_linear_part
 from training.retrieval import RetrievalTask, TrainingBatch
 from training.towers import TwoTower, output_dim
 
@@ -42,6 +45,7 @@ class TrainResult:
     seconds: float
     loss_kind: str
     epochs: list[dict[str, float]] = field(default_factory=list)
+    linear: dict[str, float] = field(default_factory=dict)  # the linear part's fit, if any
 
 
 def seed_everything(seed: int, threads: int) -> np.random.Generator:
@@ -102,8 +106,15 @@ def played_catalog(
 ) -> ItemBatch:
     """The catalog's item-tower inputs; a game none of `users` played (a new game) is placed
     from its metadata alone, its id embedding untrained."""
-    items = catalog_items(games_table, vocab, cfg)
-    return with_known(items, histories.play_counts(users, len(vocab.game_ids)) > 0)
+    counts = histories.play_counts(users, len(vocab.game_ids))
+    return catalog_with_plays(games_table, vocab, counts, cfg)
+
+
+def catalog_with_plays(
+    games_table: pd.DataFrame, vocab: Vocabulary, train_counts: np.ndarray, cfg: FeatureConfig
+) -> ItemBatch:
+    """`played_catalog` from the training players' plays per game."""
+    return with_known(catalog_items(games_table, vocab, cfg), train_counts > 0)
 
 
 class ExampleSampler:
@@ -126,16 +137,25 @@ class ExampleSampler:
         self.h, self.users, self.genres_of_games = histories, users, genres_of_games
         self.s, self.rng = settings, rng
 
+    def __len__(self) -> int:
+        return len(self.users)
+
     def epoch(self) -> np.ndarray:
         """The training users in a new random order."""
         return self.rng.permutation(self.users)
+
+    def batches(self, n_users: int, batch_size: int) -> Iterator[TrainingBatch]:
+        """An epoch: `n_users` of the training users in a new random order, in batches."""
+        users = self.epoch()[:n_users]
+        for start in range(0, len(users), batch_size):
+            yield self.batch(users[start : start + batch_size])
 
     def batch(self, users: np.ndarray) -> TrainingBatch:
         """The users' input features and hidden targets, built for the whole batch at once."""
         n, lengths = len(users), self.h.lengths()[users]
         rows = np.repeat(np.arange(n), lengths)
         row_starts = np.cumsum(lengths) - lengths
-        flat = np.arange(lengths.sum()) + np.repeat(self.h.indptr[users] - row_starts, lengths)
+        flat = self.h.flat_index(users)
         hidden = self.rng.random(len(flat)) < self.s.train.history_dropout
         hidden[row_starts + self.rng.integers(lengths)] = True  # at least one target a row
         kept = ~hidden
@@ -170,6 +190,29 @@ class ExampleSampler:
         )
 
 
+class StreamedExampleSampler:
+    """`ExampleSampler`'s batches of the training players a `PlayStream` reads (this rank's
+    share of them), a buffer at a time."""
+
+    def __init__(
+        self,
+        stream: PlayStream,
+        ranks: distributed.Ranks,
+        genres_of_games: sp.csr_matrix,
+        settings: TrainingSettings,
+        rng: np.random.Generator,
+    ) -> None:
+        self.stream, self.ranks, self.genres_of_games = stream, ranks, genres_of_games
+        self.s, self.rng = settings, rng
+
+    def __len__(self) -> int:
+        return self.stream.n_players(self.ranks)
+
+    def batches(self, n_users: int, batch_size: int) -> Iterator[TrainingBatch]:
+        for buffer, users in self.stream.batches(self.rng, self.ranks, batch_size, n_users):
+            yield ExampleSampler(buffer, users, self.genres_of_games, self.s, self.rng).batch(users)
+
+
 def train_two_tower(
     histories: Histories,
     split: Split,
@@ -177,56 +220,80 @@ def train_two_tower(
     games_table: pd.DataFrame,
     settings: TrainingSettings,
     progress: bool = True,
+    stream: PlayStream | None = None,
 ) -> TrainResult:
     """Train on the training users; keep the epoch with the best validation Recall@10.
 
-    In a distributed run (`training/distributed.py`) each rank trains on its shard of the
-    players, and every rank ends with the same weights."""
+    With `stream` (`training/data/stream.py`), the training players are read from it in
+    batches, and `histories` holds the held-out players only. In a distributed run
+    (`training/distributed.py`) each rank trains on its shard of the players, and every rank
+    ends with the same weights."""
     ranks = distributed.current()
     progress = progress and ranks.is_main
-    items = played_catalog(games_table, vocab, histories, split.train_users, settings.features)
+    settings = with_linear_part(settings, len(vocab.game_ids), stream is not None)
+    if stream is None:
+        train_counts = histories.play_counts(split.train_users, len(vocab.game_ids))
+    else:
+        train_counts = stream.train_counts
+    items = catalog_with_plays(games_table, vocab, train_counts, settings.features)
     rng = seed_everything(settings.train.seed, settings.train.threads)
     if ranks.world > 1:  # the same initial weights (seeded above), different examples
         rng = np.random.default_rng([settings.train.seed, ranks.rank])
     towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
+    genres_of_games = genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres))
+    if stream is None:
+        train_users = split.train_users[histories.lengths()[split.train_users] > 0]
+        sampler = ExampleSampler(
+            histories, distributed.shard(train_users, ranks), genres_of_games, settings, rng
+        )
+    else:
+        sampler = StreamedExampleSampler(stream, ranks, genres_of_games, settings, rng)
+    task = RetrievalTask(settings, items, train_counts, rng)
     model = distributed.wrap(towers)
     optimizer = torch.optim.AdamW(
         towers.parameters(),
         lr=settings.train.learning_rate,
         weight_decay=settings.train.weight_decay,
     )
-    train_users = split.train_users[histories.lengths()[split.train_users] > 0]
-    sampler = ExampleSampler(
-        histories,
-        distributed.shard(train_users, ranks),
-        genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres)),
-        settings,
-        rng,
-    )
-    task = RetrievalTask(settings, items, histories, train_users, rng)
     schedule = None
     if settings.train.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.train.epochs)
     result = TrainResult(
         towers, best_epoch=-1, best_validation=-1.0, seconds=0.0, loss_kind=task.kind
     )
-    # train.batch_size is the global batch: each of the ranks takes its share of it.
     best_state, started = None, time.perf_counter()
+
+    def validate(epoch: int, loss: float) -> bool:
+        """Record the epoch, keep the weights if best on validation; False: time to stop."""
+        nonlocal best_state
+        recall = 0.0
+        if ranks.is_main:
+            scorer = tower_scorer(towers, histories, split.validation, items, settings)
+            recall = ranking_metrics(scorer, histories, split.validation, [10])["recall@10"]
+        recall = distributed.from_main(recall)  # every rank stops at the same epoch
+        result.epochs.append({"epoch": epoch, "loss": loss, "val_recall@10": recall})
+        if progress:
+            tqdm.write(f"epoch {epoch:3d}  loss {loss:.4f}  val Recall@10 {recall:.4f}")
+        if recall > result.best_validation:
+            result.best_validation, result.best_epoch = recall, epoch
+            best_state = copy.deepcopy(towers.state_dict())
+        return epoch - result.best_epoch < settings.train.patience
+
+    # train.batch_size is the global batch: each of the ranks takes its share of it.
     bs = max(1, settings.train.batch_size // ranks.world)
-    per_epoch = distributed.common_length(len(sampler.users))
+    per_epoch = distributed.common_length(len(sampler))
     for epoch in range(1, settings.train.epochs + 1):
         towers.train()
-        users = sampler.epoch()[:per_epoch]
         losses = []
         bar = tqdm(
-            range(0, len(users), bs),
+            sampler.batches(per_epoch, bs),
+            total=-(-per_epoch // bs),
             desc=f"epoch {epoch}",
             disable=not progress,
             leave=False,
             unit="batch",
         )
-        for start in bar:
-            batch = sampler.batch(users[start : start + bs])
+        for batch in bar:
             candidates = task.candidates(batch)
             user_emb, item_emb = model(batch.users, candidates.items)
             loss = task.loss(user_emb, item_emb, batch, candidates)
@@ -237,23 +304,23 @@ def train_two_tower(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         if schedule is not None:
             schedule.step()
-        recall = 0.0
-        if ranks.is_main:
-            scorer = tower_scorer(towers, histories, split.validation, items, settings)
-            recall = ranking_metrics(scorer, histories, split.validation, [10])["recall@10"]
-        recall = distributed.from_main(recall)  # every rank stops at the same epoch
-        result.epochs.append(
-            {"epoch": epoch, "loss": float(np.mean(losses)), "val_recall@10": recall}
-        )
-        if progress:
-            tqdm.write(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  val Recall@10 {recall:.4f}")
-        if recall > result.best_validation:
-            result.best_validation, result.best_epoch = recall, epoch
-            best_state = copy.deepcopy(towers.state_dict())
-        elif epoch - result.best_epoch >= settings.train.patience:
+        if not validate(epoch, float(np.mean(losses))):
             break
     if best_state is not None:
         towers.load_state_dict(best_state)
     towers.eval()
+    if towers.linear_rank and ranks.is_main:
+        result.linear = choose_mix(
+            towers,
+            ease_factors(histories, split, len(vocab.game_ids), settings),
+            items,
+            settings.train.linear_mixes,
+            lambda: ranking_metrics(
+                tower_scorer(towers, histories, split.validation, items, settings),
+                histories,
+                split.validation,
+                [10],
+            ),
+        )
     result.seconds = time.perf_counter() - started
     return result

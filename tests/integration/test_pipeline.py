@@ -119,7 +119,8 @@ def test_additive_towers_with_a_game_bias_learn_and_serve_what_they_evaluate(sma
     table = result.table
     assert table["two-tower"]["recall@10"] > 1.3 * table["popularity"]["recall@10"], table
     stored = load_model(result.tag)
-    assert stored.index.d == settings.model.embedding_dim + 1  # user [u, 1], game [v, b]
+    # user [u, p, 1], game [v, q, b]: the learned part, the linear part, the bias
+    assert stored.index.d == settings.model.embedding_dim + settings.model.linear_rank + 1
     assert stored.metrics["index"]["recall_at_10"] == 1.0
     records = _records(result)
     in_memory = Recommender(result.artifacts).recommend(records, k=10)
@@ -146,3 +147,12 @@ def test_rebuilt_index_is_a_new_version_with_measured_recall(trained):
 def test_unknown_model_tag_says_how_to_make_one():
     with pytest.raises(ModelIntegrityError, match="gamerec train"):
         load_model("gamerec:doesnotexist")
+
+
+def test_the_linear_part_is_mixed_in_at_the_alpha_chosen_on_validation(trained):
+    linear = trained.artifacts.metrics["training"]["linear_part"]
+    towers = trained.train.towers
+    assert linear["alpha"] in trained.artifacts.settings.train.linear_mixes
+    assert float(towers.linear_mix) == linear["alpha"]
+    assert linear["ease_lambda"] in trained.artifacts.settings.eval.ease_lambdas
+    assert towers.linear_items.abs().sum() > 0  # the EASE factors are in the towers

@@ -9,6 +9,7 @@ The tests of unpatched behaviour skip when something in this process already pat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import inspect
@@ -17,15 +18,18 @@ import logging
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 import time
 import warnings
 import weakref
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import aiohttp
 import bentoml
 import pytest
+import uvicorn
 from _bentoml_impl.client.proxy2 import RemoteProxy, SessionManager
 from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.method import APIMethod
@@ -42,8 +46,11 @@ from opentelemetry.util.http import ExcludeList
 from pydantic import BaseModel
 from simple_di import sentinel
 from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving import bentoml_fixes as fixes
+from serving.guard import Admission
+from serving.settings import ConnectionsConfig
 
 # BentoML's own code, captured before any test patches it.
 ORIGINAL_TIMEOUT_CALL = traffic.TimeoutMiddleware.__call__
@@ -805,3 +812,136 @@ def test_8_patched_headers_read_them_once_and_say_the_same(monkeypatch) -> None:
     assert len(reads) == 1
     assert responses[0].headers["server"] == "BentoML Service/probe"
     fixes._header_formats.cache_clear()
+
+
+# --- 9: connections that hold a worker -----------------------------------------------------
+SLOW = ConnectionsConfig(header_timeout_s=0.3, body_timeout_s=5, keep_alive_s=1, max_connections=3)
+HEAD = b"GET / HTTP/1.1\r\nHost: probe\r\n"
+
+
+async def _ok_sized_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"2")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.asynccontextmanager
+async def _uvicorn(http: object) -> AsyncIterator[int]:
+    """A real uvicorn (httptools, the protocol BentoML's worker gets) on a free port, in this
+    event loop, serving `_ok_app`; yields the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        _ok_sized_app, http=http, lifespan="off", log_config=None, timeout_keep_alive=1
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def _trickle_headers(port: int, seconds: float) -> tuple[bytes, bool]:
+    """Start a request's headers, then one more header byte every 0.1 s for `seconds`: what
+    the server sent meanwhile, and whether it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HEAD)
+    received, until = b"", time.monotonic() + seconds
+    while time.monotonic() < until and not reader.at_eof():
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"X")
+        with contextlib.suppress(TimeoutError):
+            received += await asyncio.wait_for(reader.read(4096), 0.1)
+    closed = reader.at_eof()
+    writer.close()
+    return received, closed
+
+
+def test_9_uvicorn_holds_a_connection_whose_headers_trickle() -> None:
+    async def scenario() -> tuple[bytes, bool]:
+        async with _uvicorn("httptools") as port:
+            return await _trickle_headers(port, seconds=2.0)  # twice timeout_keep_alive
+
+    assert asyncio.run(scenario()) == (b"", False)  # no answer, still open
+
+
+def test_9_deadline_protocol_answers_408_and_closes() -> None:
+    async def scenario() -> tuple[float, bytes, bool]:
+        async with _uvicorn(fixes.deadline_protocol(SLOW)) as port:
+            started = time.monotonic()
+            received, closed = await _trickle_headers(port, seconds=2.0)
+            return time.monotonic() - started, received, closed
+
+    took, received, closed = asyncio.run(scenario())
+    assert received.startswith(b"HTTP/1.1 408 ") and closed
+    assert b"0.3 s" in received
+    assert took < 1.0
+
+
+def test_9_deadline_protocol_closes_a_silent_connection_and_caps_them() -> None:
+    async def scenario() -> None:
+        async with _uvicorn(fixes.deadline_protocol(SLOW)) as port:
+            opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+            over_cap, _ = opened[-1]
+            assert await asyncio.wait_for(over_cap.read(), 1) == b""  # closed at once
+            silent, _ = opened[0]
+            started = time.monotonic()
+            assert await asyncio.wait_for(silent.read(), 2) == b""  # closed, no answer
+            assert 0.1 < time.monotonic() - started < 1.0
+            for _, writer in opened:
+                writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_9_deadline_protocol_serves_keep_alive_requests_as_before() -> None:
+    """Requests whose headers come whole are served; the header deadline of the next request
+    starts at its first byte, so a pause between requests (under keep_alive_s) is fine."""
+
+    async def scenario() -> list[bytes]:
+        async with _uvicorn(fixes.deadline_protocol(SLOW)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            heads = []
+            for _ in range(2):
+                writer.write(HEAD + b"\r\n")
+                heads.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2))
+                await asyncio.wait_for(reader.readexactly(2), 2)  # the body: "ok"
+                await asyncio.sleep(0.5)  # longer than header_timeout_s
+            writer.close()
+            return heads
+
+    assert [h.split(b"\r\n")[0] for h in asyncio.run(scenario())] == [b"HTTP/1.1 200 OK"] * 2
+
+
+def test_9_the_worker_uvicorn_config_gets_the_protocol(monkeypatch) -> None:
+    monkeypatch.setattr(uvicorn.Config, "__init__", fixes._ORIGINAL_UVICORN_CONFIG_INIT)
+    fixes.serve_with_connection_limits(SLOW, Admission(max_in_flight=1, retry_after_s=1))
+    built_like_bentoml = uvicorn.Config(app=_ok_app, backlog=2048, timeout_keep_alive=5)
+    assert issubclass(built_like_bentoml.http, HttpToolsProtocol)
+    assert uvicorn.Config(app=_ok_app, http="h11").http == "h11"  # an explicit choice stays
+
+
+def test_9_a_request_not_admitted_gets_503_before_the_app() -> None:
+    admission = Admission(max_in_flight=1, retry_after_s=7)
+    admission.in_flight = 1  # the worker is full
+
+    async def scenario() -> list[bytes]:
+        async with _uvicorn(fixes.deadline_protocol(SLOW, admission)) as port:
+            answers = []
+            for path in (b"/recommend", b"/readyz"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2"
+                             b"\r\n\r\n{}")  # fmt: skip
+                answers.append(await asyncio.wait_for(reader.read(4096), 2))
+                writer.close()
+            return answers
+
+    refused, probe = asyncio.run(scenario())
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 7\r\n" in refused
+    assert b'"error":"overloaded' in refused
+    assert probe.startswith(b"HTTP/1.1 200 ") and probe.endswith(b"ok")  # the app answered
+    assert admission.refused == 1

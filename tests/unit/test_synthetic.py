@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from training.data.synthetic import GENRES, TAGS, generate
+from training.data import io as data_io
+from training.data.io import write_dataset, write_dataset_pieces
+from training.data.synthetic import GENRES, TAGS, _gumbel_top_k, _PlayModel, generate, synthesize
 from training.schema import validate_dataset
 
 
@@ -22,6 +27,42 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
     pd.testing.assert_frame_equal(first[1], second[1])
     other = generate(300, 120, seed=4)
     assert not first[0].equals(other[0])
+
+
+def test_pieces_make_the_same_data_however_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written piece by piece (several row groups), the data reads back as the one-piece
+    write; and a player's plays do not depend on how many players come after."""
+    interactions, games = generate(2500, 60, seed=9)
+    monkeypatch.setattr(data_io, "ROW_GROUP_PLAYS", 20_000)  # a piece is ~15,000 plays
+    write_dataset_pieces(synthesize(2500, 60, seed=9)[1], games, tmp_path / "pieces", "synth")
+    write_dataset(interactions, games, tmp_path / "whole", "synth")
+    pieces = pq.ParquetFile(tmp_path / "pieces" / "interactions.parquet")
+    assert pieces.metadata.num_row_groups == 3  # a piece each (1,000, 1,000, 500 players)
+    assert pieces.read().equals(pq.read_table(tmp_path / "whole" / "interactions.parquet"))
+    first, _ = generate(1000, 60, seed=9)
+    pd.testing.assert_frame_equal(first, interactions.iloc[: len(first)])
+
+
+def test_large_catalogs_draw_with_the_probabilities_of_gumbel_keys() -> None:
+    """The rejection sampler of large catalogs picks each game as often as Gumbel-top-k."""
+    rng = np.random.default_rng(0)
+    n_games, n_players, picks = 40, 20_000, 5
+    genre_mask = np.zeros((n_games, len(GENRES)), dtype=bool)
+    for game in range(n_games):
+        genre_mask[game, rng.choice(len(GENRES), size=rng.integers(1, 3), replace=False)] = True
+    prevalence = np.full(len(GENRES), 1 / len(GENRES))
+    model = _PlayModel.build(rng, genre_mask, prevalence, pd.Series(np.ones(n_games, bool)))
+    taste = np.tile(rng.normal(0.0, 1.0, len(model.combo_mass)), (n_players, 1))
+    factors = np.tile(rng.normal(0.0, 0.5, 8), (n_players, 1))
+    counts = np.full(n_players, picks)
+    _, games = model._draw_by_rejection(np.random.default_rng(1), taste, factors, counts)
+    scores = model.log_popularity + taste[0, model.combo_of_game] + model.game_factors @ factors[0]
+    keyed = _gumbel_top_k(np.random.default_rng(2), np.tile(scores, (n_players, 1)), counts)
+    drawn = np.bincount(games, minlength=n_games) / n_players
+    expected = np.bincount(np.concatenate(keyed), minlength=n_games) / n_players
+    assert np.abs(drawn - expected).max() < 0.02, (drawn, expected)  # sd of a share <= 0.005
 
 
 def test_shapes_and_ranges(default_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:

@@ -32,7 +32,7 @@ GAMES = pd.DataFrame(
     }
 )
 VOCAB = Vocabulary.from_games_table(GAMES)
-ADDITIVE = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 6}
+ADDITIVE = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 6, "linear_rank": 0}
 FEATURES = config_section("features", history_norm="l2", history_weight="binary")
 
 
@@ -101,7 +101,8 @@ def test_kept_games_are_weighted_targets_or_masked():
                 "train.item_id_dropout": 0.0,
             },
         )
-        task = RetrievalTask(settings, items, histories, np.array([0]), np.random.default_rng(0))
+        counts = histories.play_counts(np.array([0]), len(VOCAB.game_ids))
+        task = RetrievalTask(settings, items, counts, np.random.default_rng(0))
         candidates = task.candidates(batch)
         return task.loss(user, model.item_embed(candidates.items), batch, candidates).item()
 
@@ -138,7 +139,7 @@ def test_a_new_game_is_placed_from_its_metadata_alone(metadata_for_played):
 def test_id_dropout_places_a_share_of_games_from_metadata():
     settings = with_overrides(load_training_config(), {"train.item_id_dropout": 0.5})
     items = catalog_items(pd.concat([GAMES] * 250, ignore_index=True), VOCAB, FEATURES)
-    task = RetrievalTask(settings, items, None, np.array([0]), np.random.default_rng(0))
+    task = RetrievalTask(settings, items, None, np.random.default_rng(0))
     assert 0.45 < (~task._dropped_ids(items).known.numpy()).mean() < 0.55
     played = np.arange(1000) % 3 > 0
     still_known = task._dropped_ids(with_known(items, played)).known.numpy()

@@ -3,11 +3,19 @@
 Games have 1-3 genres, tags correlated with their genres, a Zipf-like popularity and a small
 latent factor vector. Users have Dirichlet tastes over genres and a latent vector of the same
 size. A user picks games without replacement with probability proportional to
-exp(log popularity + affinity) (Gumbel-top-k), where affinity = taste for the game's genres
-+ latent match. Play time grows with affinity; achievements grow with play time.
+exp(log popularity + affinity) (Gumbel-top-k, or for large catalogs an exact sampler of the
+same distribution: `_PlayModel`), where affinity = taste for the game's genres + latent match.
+Play time grows with affinity; achievements grow with play time.
+
+The interactions come in pieces of `USERS_PER_CHUNK` players (`synthesize`), each from a seed
+of its own, so a data set of any size is written piece by piece (`gamerec data synth`, through
+`training.data.io.write_dataset_pieces`) without being held in memory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -73,7 +81,8 @@ FACTOR_WEIGHT = 0.8  # weight of the latent match (unit variance) in the choice 
 GAMES_PER_USER_MEDIAN = 12
 GAMES_PER_USER_SIGMA = 1.0  # of the log-normal
 MAX_GAMES_PER_USER = 300
-USERS_PER_CHUNK = 1000  # bounds memory: a chunk scores USERS_PER_CHUNK x n_games pairs
+USERS_PER_CHUNK = 1000  # players a piece of the interactions (bounds the generator's memory)
+KEYED_MAX_GAMES = 5_000  # up to here players draw by Gumbel keys, above by rejection (faster)
 
 # Play time and achievements.
 MINUTES_MEDIAN = 240.0
@@ -203,15 +212,27 @@ def generate(
     n_users: int = 20_000, n_games: int = 5_000, seed: int = 42
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(interactions, games) in the canonical schema; the same seed gives the same data."""
+    games, pieces = synthesize(n_users, n_games, seed)
+    interactions = pd.concat(list(pieces), ignore_index=True)
+    source = f"synthetic data (seed {seed})"
+    return validate_interactions(interactions, source), validate_games(games, source)
+
+
+def synthesize(
+    n_users: int, n_games: int, seed: int
+) -> tuple[pd.DataFrame, Iterator[pd.DataFrame]]:
+    """The catalog, and the interactions as pieces of `USERS_PER_CHUNK` players each, sorted by
+    player, made one at a time: memory is bounded by a piece, whatever the number of players.
+    Piece i depends on the seed, the catalog and i only (with the first piece's affinity
+    scale), so the pieces concatenated are the same data however they are grouped."""
     if n_users < 1 or n_games < 2:
         raise ValueError("need at least 1 user and 2 games")
     rng = np.random.default_rng(seed)
     genre_prevalence = rng.dirichlet(np.full(len(GENRES), GENRE_PREVALENCE_ALPHA))
     genre_mask = _game_genres(rng, n_games, genre_prevalence)
     games = _catalog(rng, genre_mask)
-    interactions = _interactions(rng, n_users, genre_mask, genre_prevalence, games)
-    source = f"synthetic data (seed {seed})"
-    return validate_interactions(interactions, source), validate_games(games, source)
+    model = _PlayModel.build(rng, genre_mask, genre_prevalence, games["has_achievements"])
+    return games, model.pieces(n_users, seed)
 
 
 def _gumbel_top_k(
@@ -313,79 +334,203 @@ def _release_years(rng: np.random.Generator, n_games: int) -> np.ndarray:
     return rng.choice(years, size=n_games, p=weights / weights.sum()).astype(np.int64)
 
 
-def _interactions(
-    rng: np.random.Generator,
-    n_users: int,
-    genre_mask: np.ndarray,
-    genre_prevalence: np.ndarray,
-    games: pd.DataFrame,
-) -> pd.DataFrame:
-    n_games = len(genre_mask)
-    genre_share = (genre_mask / genre_mask.sum(axis=1, keepdims=True)).astype(np.float32)
-    log_pop = (-ZIPF_EXPONENT * np.log1p(rng.permutation(n_games))).astype(np.float32)
-    game_factors = rng.standard_normal((n_games, LATENT_DIM), dtype=np.float32)
-    tastes = rng.dirichlet(TASTE_ALPHA * len(GENRES) * genre_prevalence, size=n_users)
-    user_factors = rng.standard_normal((n_users, LATENT_DIM), dtype=np.float32)
-    # Scaled so that the latent match has unit variance times FACTOR_WEIGHT.
-    user_factors *= FACTOR_WEIGHT / np.sqrt(LATENT_DIM)
-    max_games = min(MAX_GAMES_PER_USER, max(1, n_games // 2))
-    counts = np.clip(
-        np.round(rng.lognormal(np.log(GAMES_PER_USER_MEDIAN), GAMES_PER_USER_SIGMA, n_users)),
-        1,
-        max_games,
-    ).astype(np.int64)
+@dataclass(frozen=True)
+class _PlayModel:
+    """The catalog as players choose from it.
 
-    users, chosen, affinity = [], [], []
-    for start in range(0, n_users, USERS_PER_CHUNK):
-        rows = slice(start, start + USERS_PER_CHUNK)
-        scores = tastes[rows].astype(np.float32) @ genre_share.T
-        scores += TASTE_FLOOR
-        np.log(scores, out=scores)
-        scores *= TASTE_WEIGHT
-        scores += user_factors[rows] @ game_factors.T
-        picks = _gumbel_top_k(rng, scores + log_pop, counts[rows])
-        for offset, games_of_user in enumerate(picks):
-            users.append(np.full(len(games_of_user), start + offset))
-            chosen.append(games_of_user)
-            affinity.append(scores[offset, games_of_user])
-    user_idx, game_idx = np.concatenate(users), np.concatenate(chosen)
-    minutes = _minutes(rng, np.concatenate(affinity).astype(np.float64), user_idx, n_users)
-    user_ids = np.array([f"u_{i}" for i in range(n_users)], dtype=object)
-    return pd.DataFrame(
-        {
-            "user_id": user_ids[user_idx],
-            "game_id": games["game_id"].to_numpy()[game_idx],
-            "minutes_played": minutes,
-            "achievements": _achievements(
-                rng, minutes, game_idx, games["has_achievements"].to_numpy()
-            ),
-        }
-    )
+    A player picks games without replacement with probability ~ popularity * exp(affinity),
+    affinity = taste (which sees a game only through its genre combination) + latent match.
+    Up to `KEYED_MAX_GAMES` games, Gumbel-top-k does it with a random key per (player, game).
+    Above, that is too slow (7 s per 1,000 players at 100,000 games), and the same distribution
+    comes from draws with replacement, skipping repeats (the Plackett-Luce order that
+    Gumbel-top-k gives), each draw by rejection: a genre combination c by its popularity *
+    exp(taste + best match in c), one of its games by popularity, kept with probability
+    exp(match - best match in c).
+    """
+
+    game_ids: np.ndarray  # str, per catalog position
+    combo_of_game: np.ndarray  # int64: each game's genre combination
+    combo_share: np.ndarray  # float64 (n_combos, n_genres): a combination's genres, sum 1
+    combo_mass: np.ndarray  # float64: popularity summed over a combination's games
+    by_combo: np.ndarray  # int64 game positions, grouped by combination
+    combo_start: np.ndarray  # int64 (n_combos + 1,): where each group begins in `by_combo`
+    cum_popularity: np.ndarray  # float64 (n_games + 1,): popularity summed along `by_combo`
+    log_popularity: np.ndarray  # float64 per game
+    game_factors: np.ndarray  # float64 (n_games, LATENT_DIM)
+    grouped_factors: np.ndarray  # float32 (LATENT_DIM, n_games): their columns along `by_combo`
+    taste_alpha: np.ndarray  # Dirichlet concentration of a player's genre taste
+    achievements_per_game: np.ndarray  # int64, 0 for games without achievements
+    max_games: int
+
+    @classmethod
+    def build(
+        cls,
+        rng: np.random.Generator,
+        genre_mask: np.ndarray,
+        genre_prevalence: np.ndarray,
+        has_achievements: pd.Series,
+    ) -> _PlayModel:
+        n_games = len(genre_mask)
+        popularity = 1.0 / (1.0 + rng.permutation(n_games)) ** ZIPF_EXPONENT
+        game_factors = rng.standard_normal((n_games, LATENT_DIM))
+        low, high = ACHIEVEMENTS_PER_GAME
+        per_game = rng.integers(low, high + 1, size=n_games) * has_achievements.to_numpy()
+        combos, combo_of_game = np.unique(genre_mask, axis=0, return_inverse=True)
+        combo_of_game = combo_of_game.ravel().astype(np.int64)
+        by_combo = np.argsort(combo_of_game, kind="stable")
+        return cls(
+            game_ids=np.array([f"g_{i}" for i in range(n_games)]),
+            combo_of_game=combo_of_game,
+            combo_share=combos / combos.sum(axis=1, keepdims=True),
+            combo_mass=np.bincount(combo_of_game, popularity),
+            by_combo=by_combo,
+            combo_start=np.concatenate([[0], np.cumsum(np.bincount(combo_of_game))]),
+            cum_popularity=np.concatenate([[0.0], np.cumsum(popularity[by_combo])]),
+            log_popularity=np.log(popularity),
+            game_factors=game_factors,
+            grouped_factors=np.ascontiguousarray(game_factors[by_combo].T, dtype=np.float32),
+            taste_alpha=TASTE_ALPHA * len(GENRES) * genre_prevalence,
+            achievements_per_game=per_game.astype(np.int64),
+            max_games=min(MAX_GAMES_PER_USER, max(1, n_games // 2)),
+        )
+
+    def pieces(self, n_users: int, seed: int) -> Iterator[pd.DataFrame]:
+        """The interactions, `USERS_PER_CHUNK` players at a time, each from its own seed."""
+        scale: tuple[float, float] | None = None
+        for chunk, first in enumerate(range(0, n_users, USERS_PER_CHUNK)):
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(chunk,)))
+            users, games, affinity = self._choices(rng, min(USERS_PER_CHUNK, n_users - first))
+            if scale is None:  # the first piece measures the affinity's scale for all
+                scale = float(affinity.mean()), max(float(affinity.std()), 1e-9)
+            yield self._plays(rng, first, users, games, (affinity - scale[0]) / scale[1])
+
+    def _choices(
+        self, rng: np.random.Generator, n_users: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(player, game, affinity) of every play of `n_users` new players, sorted."""
+        tastes = rng.dirichlet(self.taste_alpha, size=n_users)
+        # Scaled so that the latent match has unit variance times FACTOR_WEIGHT.
+        factors = rng.standard_normal((n_users, LATENT_DIM)) * (FACTOR_WEIGHT / np.sqrt(LATENT_DIM))
+        counts = np.clip(
+            np.round(rng.lognormal(np.log(GAMES_PER_USER_MEDIAN), GAMES_PER_USER_SIGMA, n_users)),
+            1,
+            self.max_games,
+        ).astype(np.int64)
+        taste = TASTE_WEIGHT * np.log(tastes @ self.combo_share.T + TASTE_FLOOR)
+        users, games = self._draw(rng, taste, factors, counts)
+        affinity = taste[users, self.combo_of_game[games]] + np.einsum(
+            "ij,ij->i", factors[users], self.game_factors[games]
+        )
+        return users, games, affinity
+
+    def _draw(
+        self, rng: np.random.Generator, taste: np.ndarray, factors: np.ndarray, counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(player, game) pairs sorted: `counts[i]` distinct games for player i, drawn with
+        probability ~ popularity * exp(taste[i, combination] + factors[i] . game factors)."""
+        if len(self.game_ids) > KEYED_MAX_GAMES:
+            users, games = self._draw_by_rejection(rng, taste, factors, counts)
+        else:
+            scores = taste[:, self.combo_of_game] + factors @ self.game_factors.T
+            picks = _gumbel_top_k(rng, scores + self.log_popularity, counts)
+            users, games = np.repeat(np.arange(len(counts)), counts), np.concatenate(picks)
+        order = np.lexsort((games, users))
+        return users[order], games[order]
+
+    def _draw_by_rejection(
+        self, rng: np.random.Generator, taste: np.ndarray, factors: np.ndarray, counts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_draw` without a key per catalog game: see the class doc."""
+        best = self._best_matches(factors)
+        weights = taste + best
+        combo_cdf = np.cumsum(
+            self.combo_mass * np.exp(weights - weights.max(axis=1, keepdims=True)), axis=1
+        )
+        combo_cdf /= combo_cdf[:, -1:]
+        users, games = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        missing, draws_per_game = counts, 2.0
+        while missing.any():
+            todo = np.flatnonzero(missing)
+            draws = np.ceil(draws_per_game * missing[todo]).astype(np.int64)
+            rows = np.repeat(np.arange(len(todo)), draws)
+            g, combo = self._propose(rng, rows, combo_cdf[todo])
+            u = todo[rows]
+            match = np.einsum("ij,ij->i", factors[u], self.game_factors[g])
+            kept = rng.random(len(u)) < np.exp(match - best[u, combo])
+            users, games = _first_distinct(
+                np.concatenate([users, u[kept]]), np.concatenate([games, g[kept]]), counts
+            )
+            missing = counts - np.bincount(users, minlength=len(counts))
+            # Players still short met repeats or bad luck: at least twice the draws next round.
+            draws_per_game = 2 * max(draws_per_game, 1.0 / max(kept.mean(), 0.01))
+        return users, games
+
+    def _best_matches(self, factors: np.ndarray, rows: int = 128) -> np.ndarray:
+        """(players, combinations): each player's best latent match among a combination's
+        games, a little over (float32 products), as the rejection needs."""
+        best = np.empty((len(factors), len(self.combo_mass)))
+        for start in range(0, len(factors), rows):  # bounds the (rows, n_games) products
+            match = factors[start : start + rows].astype(np.float32) @ self.grouped_factors
+            best[start : start + rows] = np.maximum.reduceat(match, self.combo_start[:-1], axis=1)
+        return best + 1e-3
+
+    def _propose(
+        self, rng: np.random.Generator, rows: np.ndarray, combo_cdf: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(game, combination) per entry of `rows`: a combination from that row of `combo_cdf`,
+        then one of its games by popularity."""
+        n_combos = combo_cdf.shape[1]
+        # One search over all rows: row r's cumulative weights, shifted by r.
+        shifted = (combo_cdf + np.arange(len(combo_cdf))[:, None]).ravel()
+        found = np.searchsorted(shifted, rows + rng.random(len(rows)), side="right")
+        combo = np.clip(found - rows * n_combos, 0, n_combos - 1)
+        start, stop = self.combo_start[combo], self.combo_start[combo + 1]
+        low, high = self.cum_popularity[start], self.cum_popularity[stop]
+        drawn = low + rng.random(len(rows)) * (high - low)
+        at = np.searchsorted(self.cum_popularity, drawn, side="right") - 1
+        return self.by_combo[np.clip(at, start, stop - 1)], combo
+
+    def _plays(
+        self,
+        rng: np.random.Generator,
+        first_user: int,
+        users: np.ndarray,
+        games: np.ndarray,
+        affinity_z: np.ndarray,
+    ) -> pd.DataFrame:
+        """The plays' rows: play time grows with affinity, achievements with play time."""
+        n_users = int(users.max(initial=-1)) + 1
+        user_offset = rng.normal(0.0, USER_MINUTES_SIGMA, n_users)[users]
+        log_minutes = (
+            np.log(MINUTES_MEDIAN)
+            + MINUTES_AFFINITY * affinity_z
+            + user_offset
+            + rng.normal(0.0, MINUTES_SIGMA, len(users))
+        )
+        minutes = np.maximum(1.0, np.round(np.exp(log_minutes)))
+        share = ACHIEVEMENT_REACHABLE * (1.0 - np.exp(-minutes / ACHIEVEMENT_MINUTES_SCALE))
+        achievements = rng.binomial(self.achievements_per_game[games], share).astype(np.int64)
+        user_ids = np.array([f"u_{first_user + i}" for i in range(n_users)])
+        return pd.DataFrame(
+            {
+                "user_id": user_ids[users],
+                "game_id": self.game_ids[games],
+                "minutes_played": minutes,
+                "achievements": achievements,
+            }
+        )
 
 
-def _minutes(
-    rng: np.random.Generator, affinity: np.ndarray, user_idx: np.ndarray, n_users: int
-) -> np.ndarray:
-    """Log-normal play time, longer for games that fit the user's taste; whole minutes >= 1."""
-    z = (affinity - affinity.mean()) / max(affinity.std(), 1e-9)
-    user_offset = rng.normal(0.0, USER_MINUTES_SIGMA, n_users)[user_idx]
-    log_minutes = (
-        np.log(MINUTES_MEDIAN)
-        + MINUTES_AFFINITY * z
-        + user_offset
-        + rng.normal(0.0, MINUTES_SIGMA, len(affinity))
-    )
-    return np.maximum(1.0, np.round(np.exp(log_minutes)))
-
-
-def _achievements(
-    rng: np.random.Generator,
-    minutes: np.ndarray,
-    game_idx: np.ndarray,
-    has_achievements: np.ndarray,
-) -> np.ndarray:
-    """Earned achievements grow with play time; 0 for games that have none."""
-    low, high = ACHIEVEMENTS_PER_GAME
-    per_game = rng.integers(low, high + 1, size=len(has_achievements)) * has_achievements
-    share = ACHIEVEMENT_REACHABLE * (1.0 - np.exp(-minutes / ACHIEVEMENT_MINUTES_SCALE))
-    return rng.binomial(per_game[game_idx], share).astype(np.int64)
+def _first_distinct(
+    users: np.ndarray, games: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per player, in draw order, the first `counts[player]` distinct games of the draws."""
+    order = np.argsort(users, kind="stable")  # grouped by player, draw order kept
+    users, games = users[order], games[order]
+    _, first = np.unique(users * (games.max(initial=0) + 1) + games, return_index=True)
+    first.sort()
+    users, games = users[first], games[first]
+    per_user = np.bincount(users, minlength=len(counts))
+    rank = np.arange(len(users)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+    kept = rank < counts[users]
+    return users[kept], games[kept]
