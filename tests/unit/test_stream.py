@@ -47,7 +47,7 @@ def test_players_spanning_row_groups_are_read_whole(processed: Path, data) -> No
     whole = Histories.from_interactions(data[0], vocab)
     file = PlayFile(processed / "interactions.parquet")
     assert (file.group_rows == ROWS_PER_GROUP).sum() > 100
-    scan = file.scan(data[1], vocab, batch_plays=120, progress=False)
+    scan = file.scan(data[1], vocab, batch_plays=1000, progress=False)
     # Batches of whole players: each player's count is their whole history's.
     position = {user: i for i, user in enumerate(whole.user_ids)}
     in_file = [position[u] for u in scan.user_ids]
@@ -116,7 +116,7 @@ def test_bad_files_give_clear_errors(data, tmp_path: Path) -> None:
 
     def scan(plays: pd.DataFrame, name: str) -> None:
         file = PlayFile(_write_plays(tmp_path / name, plays))
-        file.scan(games, vocab, batch_plays=100, progress=False)
+        file.scan(games, vocab, batch_plays=300, progress=False)
 
     # A player whose rows come in two places.
     moved = pd.concat([interactions.iloc[1:500], interactions.iloc[:1], interactions.iloc[500:]])
