@@ -26,6 +26,7 @@ SWEEPS: dict[str, tuple[str, list[int]]] = {
     "ivf": ("nprobe", [4, 16, 64]),
     "ivfpq": ("nprobe", [16, 64]),
     "ivfsq": ("nprobe", [4, 16, 64]),
+    "ivf_fastscan": ("nprobe", [4, 16, 64]),
     "hnsw": ("ef_search", [32, 128]),
 }
 

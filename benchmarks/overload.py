@@ -427,7 +427,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
     load_before = os.getloadavg()
     home = str(Path(args.bentoml_home or Path.home() / "bentoml").expanduser().resolve())
-    tag, games = load_catalog(args.model, home)
+    tag, _, games = load_catalog(args.model, home)
     env = {**os.environ, "BENTOML_HOME": home, "GAMEREC_MODEL_TAG": tag,
            "BENTOML_DO_NOT_TRACK": "true"}  # fmt: skip
     import yaml

@@ -133,8 +133,10 @@ async def load(
     tally, started = Tally(), time.monotonic()
     until = started + duration
     await asyncio.gather(
-        *(closed_loop_client(address, requests, until, timeout, tally, honor_retry_after)
-          for _ in range(clients))  # fmt: skip
+        *(
+            closed_loop_client(address, requests, until, timeout, tally, honor_retry_after)
+            for _ in range(clients)
+        )  # fmt: skip
     )
     # A request still out at the end is not counted: the clients stop at `until` + a timeout.
     return tally.summary(duration)

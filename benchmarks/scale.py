@@ -19,13 +19,16 @@ import argparse
 import resource
 import time
 from dataclasses import dataclass
+from typing import get_args
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
 from index import IndexReport, build_and_measure, measure_recall
+from index.config import ApproximateType
 from training.config import load_training_config
+from training.linear_init import with_linear_part
 from training.towers import output_dim
 
 # Issue 17's targets: catalog size -> (recall@10 at least, ms per query at most).
@@ -95,23 +98,33 @@ class Result:
     peak_rss_bytes: int
 
 
-def run_size(n: int, queries_per_set: int, seed: int) -> Result:
-    settings = load_training_config()
-    dim = output_dim(settings.model)
+def run_size(n: int, families: list[str], queries_per_set: int, seed: int) -> list[Result]:
+    """auto on one catalog of `n` games, once per approximate family, side by side."""
+    settings = with_linear_part(load_training_config(), n, streamed=False)
+    dim = output_dim(settings.model)  # as trained at this size (no linear part past EASE's)
     target_recall, _ = TARGETS.get(n, (settings.index.recall_target, None))
-    cfg = settings.index.model_copy(update={"recall_target": target_recall})
     catalog = synthetic_catalog(n, dim, seed)
     queries = player_queries(catalog, queries_per_set, seed + 1)
     fresh = player_queries(catalog, queries_per_set, seed + 2)
-    cpu_start = time.process_time()
-    index, report = build_and_measure(catalog.items, cfg, queries, seed)
-    build_cpu = time.process_time() - cpu_start
-    return Result(
-        report=report,
-        fresh_recall=measure_recall(index, catalog.items, fresh),
-        build_cpu_seconds=build_cpu,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    )
+    results = []
+    for family in families:
+        cfg = settings.index.model_copy(
+            update={"recall_target": target_recall, "approximate": family}
+        )
+        cpu_start = time.process_time()
+        index, report = build_and_measure(catalog.items, cfg, queries, seed)
+        build_cpu = time.process_time() - cpu_start
+        results.append(
+            Result(
+                report=report,
+                fresh_recall=measure_recall(index, catalog.items, fresh),
+                build_cpu_seconds=build_cpu,
+                peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            )
+        )
+        tqdm.write(report.summary())
+        del index
+    return results
 
 
 def shortfalls(result: Result) -> list[str]:
@@ -177,10 +190,36 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def print_ratios(results: list[Result], families: list[str]) -> None:
+    """Each family's query time (CPU) as a multiple of the first's, per catalog: one run."""
+    if len(families) < 2:
+        return
+    by_size: dict[int, dict[str, IndexReport]] = {}
+    for result in results:
+        by_size.setdefault(result.report.n_items, {})[result.report.type] = result.report
+    for n, reports in by_size.items():
+        first = reports.get(families[0])
+        for family in families[1:]:
+            other = reports.get(family)
+            if first is None or other is None:  # exact search won: no approximate family ran
+                continue
+            print(
+                f"{n:,} games: {family} takes {other.query_cpu_ms / first.query_cpu_ms:.2f}x "
+                f"the CPU time per query of {families[0]} ({other.recall_at_10:.4f} against "
+                f"{first.recall_at_10:.4f} recall@10)"
+            )
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--items", type=int, action="append", help="catalog size (repeatable) [100k and 1M]"
+    )
+    parser.add_argument(
+        "--approximate",
+        action="append",
+        choices=get_args(ApproximateType),
+        help="auto's approximate family (repeatable) [index.approximate, then the others]",
     )
     parser.add_argument("--queries", type=int, default=1000, help="queries per set (2 sets)")
     parser.add_argument("--seed", type=int, default=0)
@@ -192,11 +231,14 @@ def main() -> None:
     args = parse_args()
     faiss.omp_set_num_threads(args.threads)
     sizes = args.items or sorted(TARGETS)
+    default = load_training_config().index.approximate
+    others = [family for family in get_args(ApproximateType) if family != default]
+    families = args.approximate or [default, *others]
     results = []
     for n in tqdm(sizes, desc="catalogs", unit="catalog"):
-        results.append(run_size(n, args.queries, args.seed))
-        tqdm.write(results[-1].report.summary())
+        results += run_size(n, families, args.queries, args.seed)
     print(markdown_table(results))
+    print_ratios(results, families)
     print(
         f"\n{args.threads} FAISS threads to build, 1 to time queries; peak resident memory "
         f"{max(r.peak_rss_bytes for r in results) / 1e9:.1f} GB"

@@ -202,11 +202,12 @@ def train_catalog(name: str, workdir: Path, env: dict[str, str]) -> None:
         subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=7200)
 
 
-def load_catalog(tag: str, bentoml_home: str) -> tuple[str, pd.DataFrame]:
-    """The concrete model tag and its catalog, read in a subprocess (the store varies)."""
+def load_catalog(tag: str, bentoml_home: str) -> tuple[str, str, pd.DataFrame]:
+    """The concrete model tag, its index type and its catalog, read in a subprocess (the store
+    varies)."""
     code = (
-        "import sys; from training.store import load_model; "
-        "a = load_model(sys.argv[1]); print(a.tag); a.games_table.to_parquet(sys.argv[2])"
+        "import sys; from training.store import load_model; a = load_model(sys.argv[1]); "
+        "print(a.tag, a.metrics['index']['type']); a.games_table.to_parquet(sys.argv[2])"
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "catalog.parquet"
@@ -214,7 +215,8 @@ def load_catalog(tag: str, bentoml_home: str) -> tuple[str, pd.DataFrame]:
             [sys.executable, "-c", code, tag, str(out)], cwd=ROOT, check=True, text=True,
             capture_output=True, env={**os.environ, "BENTOML_HOME": bentoml_home},
         )  # fmt: skip
-        return done.stdout.strip().splitlines()[-1], pd.read_parquet(out)
+        concrete_tag, index_type = done.stdout.strip().splitlines()[-1].split()
+        return concrete_tag, index_type, pd.read_parquet(out)
 
 
 def layout(placement: str, env: dict[str, str], workdir: Path) -> Layout:
@@ -509,8 +511,12 @@ def error_notes(results: dict[str, list[Level]]) -> list[str]:
 def catalog_section(
     measured: Measured, results: dict[str, list[Level]], soaked: Soak | None, with_peer: bool
 ) -> str:
+    index = "exact index" if measured.index == "flat" else f"{measured.index} index"
     lines = [f"### Catalog: {measured.catalog} ({measured.games:,} games, model "
-             f"`{measured.tag}`, exact index)", "", side_by_side(results, with_peer)]  # fmt: skip
+             f"`{measured.tag}`, {index})", "", side_by_side(results, with_peer), ""]  # fmt: skip
+    lines += [f"Ready (`/readyz` 200) after {seconds:.1f} s from the start of the command, "
+              f"resident memory then {mib:.0f} MiB (all processes): {name}."
+              for name, (seconds, mib) in measured.startup.items()]  # fmt: skip
     notes = error_notes(results)
     if notes:
         lines += ["", "Errors seen:", "", *notes]
@@ -596,11 +602,14 @@ def write_doc(path: Path, section: str) -> None:
 
 @dataclass(frozen=True)
 class Measured:
-    """A catalog as measured: its name, model tag and number of games."""
+    """A catalog as measured: its name, model tag, number of games, index type, and each
+    server's seconds to ready and resident MiB then."""
 
     catalog: str
     tag: str
     games: int
+    index: str
+    startup: dict[str, tuple[float, float]]
 
 
 def measure(
@@ -609,7 +618,7 @@ def measure(
     """Every server up at once over the same bodies, driven in turn at each level (the order
     rotates from level to level), so that the machine's drift hits all alike; then the soak of
     the first of ours. The section of the report, the catalog, and the levels per server."""
-    tag, games = load_catalog(tag, env["BENTOML_HOME"])
+    tag, index_type, games = load_catalog(tag, env["BENTOML_HOME"])
     env = {**env, "GAMEREC_MODEL_TAG": tag}
     bodies = make_bodies(games, args.bodies, args.seed)
     bodies_lua = workdir / "bodies.lua"
@@ -620,10 +629,14 @@ def measure(
     print(f"{catalog}: model {tag}, {len(games)} games, {len(bodies)} bodies; "
           f"{', '.join(lay.name for lay in layouts)}; peer {peer} workers", flush=True)  # fmt: skip
     with contextlib.ExitStack() as running:
-        servers = []  # (target, url, pid)
+        servers, startup = [], {}  # (target, url, pid); name -> (seconds to ready, MiB then)
         for target in targets(workdir / catalog, layouts, peer, not args.no_peer):
             url = f"http://127.0.0.1:{target.port}"
+            started = time.monotonic()
             pid = running.enter_context(serve(target, url, env, args.ready_timeout))
+            startup[target.name] = (time.monotonic() - started, tree_rss_mib(pid))
+            print(f"  {target.name}: ready after {startup[target.name][0]:.1f} s, resident "
+                  f"memory {startup[target.name][1]:.0f} MiB", flush=True)  # fmt: skip
             servers.append((target, url, pid))
         for target, url, _ in servers:
             warm_up(url, bodies, bodies_lua, target.log)
@@ -643,7 +656,7 @@ def measure(
             clients = max(args.clients)
             print(f"  soak: {target.name}, {clients} clients for {args.soak} s", flush=True)
             soaked = soak(url, pid, bodies_lua, clients, args.soak, args, target.log)
-    measured = Measured(catalog, tag, len(games))
+    measured = Measured(catalog, tag, len(games), index_type, startup)
     return catalog_section(measured, results, soaked, not args.no_peer), measured, results
 
 

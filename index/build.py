@@ -22,14 +22,18 @@ from index.config import IndexConfig
 
 # k-means wants about this many training points per centroid (faiss warns below it).
 MIN_POINTS_PER_CENTROID = 39
-# ivfsq trains its k-means on at most this many sampled points per list: a 1,000,000-game
-# catalog trains on 256,000 points, not all of them (faiss's own cap is 256 per list).
-IVFSQ_TRAIN_POINTS_PER_LIST = 64
-# ivfsq pads vectors with zeros to a multiple of this: faiss's SIMD scalar-quantizer kernels
+# ivfsq and ivf_fastscan train their k-means on at most this many sampled points per list: a
+# 1,000,000-game catalog trains on 256,000 points, not all of them (faiss's own cap is 256).
+TRAIN_POINTS_PER_LIST = 64
+# ivfsq and ivf_fastscan pad vectors with zeros to a multiple of this: faiss's SIMD kernels
 # need it (the towers' 257 dimensions would take the scalar loop, about 6 times slower).
 SIMD_WIDTH = 16
-# Links per node of the HNSW graph over ivfsq's list centres; it searches nprobe of them.
+# Links per node of the HNSW graph over the refined types' list centres (nprobe searched).
 QUANTIZER_HNSW_M = 32
+# ivf_fastscan's codes: 4 bits per dimension, the only width faiss's fast-scan kernels take.
+FASTSCAN_BITS = 4
+# The IVF types whose HNSW-found lists hold codes and whose short list is re-ranked exactly.
+REFINED_TYPES = ("ivfsq", "ivf_fastscan")
 
 
 def as_matrix(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
@@ -41,22 +45,28 @@ def as_matrix(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
 
 
 def auto_nlist(n_items: int) -> int:
-    """The default number of IVF lists: about 4 * sqrt(n)."""
-    return max(1, round(4 * math.sqrt(n_items)))
+    """The default number of IVF lists: about 2 * sqrt(n). Fewer, longer lists than 4 * sqrt(n)
+    made ivf_fastscan faster at the same recall: 0.19 against 0.45 ms a query at 100,000
+    games, 0.81 against 0.97 ms at 1,000,000 (docs/scale.md): a list costs more than its codes."""
+    return max(1, round(2 * math.sqrt(n_items)))
 
 
 def plan_index(n_items: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     """The effective index type and parameters for a catalog of `n_items` vectors of size `dim`.
 
     Requested values are clamped to what the catalog can train: at most one IVF list per
-    39 items (at least one list), nprobe <= nlist, and 2**pq_bits <= n_items. A one-item
-    catalog cannot train a product quantizer and falls back to an exact flat index.
+    39 items (at least one list), nprobe <= nlist, and 2**pq_bits <= n_items. A catalog too
+    small to train a product quantizer (ivfpq: one item; ivf_fastscan: under 16, its 4-bit
+    codes' centroids) falls back to an exact flat index.
     """
     if cfg.type == "auto":
         raise ValueError("index type auto is decided by measuring: use build_and_measure")
     if cfg.type == "ivfpq" and dim % cfg.pq_m:
         raise ValueError(f"index.pq_m={cfg.pq_m} must divide the embedding dim {dim}")
-    if cfg.type == "flat" or (cfg.type == "ivfpq" and n_items < 2):
+    too_few_to_train = (cfg.type == "ivfpq" and n_items < 2) or (
+        cfg.type == "ivf_fastscan" and n_items < 2**FASTSCAN_BITS
+    )
+    if cfg.type == "flat" or too_few_to_train:
         return {"type": "flat"}
     if cfg.type == "hnsw":
         return {
@@ -71,22 +81,33 @@ def plan_index(n_items: int, dim: int, cfg: IndexConfig) -> dict[str, Any]:
     if cfg.type == "ivfpq":
         plan["pq_m"] = cfg.pq_m
         plan["pq_bits"] = min(cfg.pq_bits, int(math.log2(n_items)))
-    if cfg.type == "ivfsq":
+    if cfg.type in REFINED_TYPES:
         plan["refine_factor"] = cfg.refine_factor
     return plan
 
 
-def _ivfsq(dim: int, nlist: int) -> faiss.Index:
-    """IVF over 8-bit scalar-quantized vectors (zero-padded to the SIMD width), whose short list
-    of candidates an exact flat index over the original vectors re-ranks. The lists' centres
-    are found by an HNSW graph (a flat scan of 4,000 centres costs a 1,000,000-game catalog
-    about a millisecond a query); k-means assigns with an exact flat index."""
+def _refined_ivf(kind: str, dim: int, nlist: int) -> faiss.Index:
+    """An IVF index of `kind` whose short list of candidates an exact flat index over the
+    original vectors re-ranks. Its codes are zero-padded to the SIMD width:
+
+    - ivfsq: 8-bit scalar codes;
+    - ivf_fastscan: 4-bit fast-scan PQ codes of one dimension each, whose lookup tables stay in
+      SIMD registers: at 100,000 and 1,000,000 games it reaches ivfsq's recall in about half
+      its time (docs/scale.md).
+
+    The lists' centres are found by an HNSW graph (a flat scan of 4,000 centres costs a
+    1,000,000-game catalog about a millisecond a query); k-means assigns with an exact flat
+    index."""
     padded = -(-dim // SIMD_WIDTH) * SIMD_WIDTH
     quantizer = faiss.IndexHNSWFlat(padded, QUANTIZER_HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.IndexIVFScalarQuantizer(
-        quantizer, padded, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-    )
-    ivf.cp.max_points_per_centroid = IVFSQ_TRAIN_POINTS_PER_LIST
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "ivfsq":
+        ivf = faiss.IndexIVFScalarQuantizer(
+            quantizer, padded, nlist, faiss.ScalarQuantizer.QT_8bit, ip
+        )
+    else:
+        ivf = faiss.IndexIVFPQFastScan(quantizer, padded, nlist, padded, FASTSCAN_BITS, ip)
+    ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
     ivf.clustering_index = faiss.IndexFlatIP(padded)
     ivf.referenced_objects = [quantizer, ivf.clustering_index]  # alive as long as `ivf`
     pad = faiss.IndexPreTransform(faiss.RemapDimensionsTransform(dim, padded, False), ivf)
@@ -101,8 +122,8 @@ def _new_index(dim: int, plan: dict[str, Any]) -> faiss.Index:
         index = faiss.IndexHNSWFlat(dim, plan["m"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = plan["ef_construction"]
         return index
-    if plan["type"] == "ivfsq":
-        return _ivfsq(dim, plan["nlist"])
+    if plan["type"] in REFINED_TYPES:
+        return _refined_ivf(plan["type"], dim, plan["nlist"])
     quantizer = faiss.IndexFlatIP(dim)
     if plan["type"] == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, plan["nlist"], faiss.METRIC_INNER_PRODUCT)
@@ -121,7 +142,7 @@ def _seed_clustering(index: faiss.IndexIVF, seed: int) -> None:
     """
     index.cp.seed = seed
     index.cp.min_points_per_centroid = 1
-    if isinstance(index, faiss.IndexIVFPQ):
+    if isinstance(index, faiss.IndexIVFPQ | faiss.IndexIVFPQFastScan):
         index.pq.cp.seed = seed
         index.pq.cp.min_points_per_centroid = 1
 
@@ -131,11 +152,11 @@ def set_search_params(index: faiss.Index, plan: dict[str, Any]) -> None:
     if "nprobe" in plan:
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = plan["nprobe"]
-        if plan["type"] == "ivfsq":
+        if plan["type"] in REFINED_TYPES:
             faiss.downcast_index(ivf.quantizer).hnsw.efSearch = plan["nprobe"]
     if plan["type"] == "hnsw":
         index.hnsw.efSearch = plan["ef_search"]
-    if plan["type"] == "ivfsq":
+    if plan["type"] in REFINED_TYPES:
         index.k_factor = plan["refine_factor"]
 
 
@@ -151,7 +172,7 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> fais
         raise ValueError("cannot build an index over an empty catalog")
     plan = plan_index(n_items, dim, cfg)
     index = _new_index(dim, plan)
-    if plan["type"] in ("ivf", "ivfpq", "ivfsq"):
+    if plan["type"] in ("ivf", "ivfpq", *REFINED_TYPES):
         _seed_clustering(faiss.downcast_index(faiss.extract_index_ivf(index)), seed)
         index.train(embeddings)
     index.add(embeddings)
@@ -201,12 +222,12 @@ def one_faiss_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
-def query_ms(
+def pass_times_ms(
     index: faiss.Index, queries: np.ndarray, repeats: int = 5, k: int = 10
-) -> tuple[float, float]:
-    """Milliseconds per query, one query per search on one FAISS thread: the medians over
-    `repeats` passes over `queries` (after one warm-up pass) of each pass's mean, in wall-clock
-    time and in the thread's CPU time (which a machine shared with other work inflates less)."""
+) -> tuple[list[float], list[float]]:
+    """Milliseconds per query, one query per search on one FAISS thread, of each of `repeats`
+    passes over `queries` (after one warm-up pass): in wall-clock time and in the thread's CPU
+    time (which a machine shared with other work inflates less)."""
     queries = as_matrix(queries, "queries")
     if len(queries) == 0:
         raise ValueError("timing queries needs at least one query")
@@ -218,7 +239,15 @@ def query_ms(
                 index.search(queries[row : row + 1], k)
             wall.append((time.perf_counter() - wall_start) * 1000 / len(queries))
             cpu.append((time.thread_time() - cpu_start) * 1000 / len(queries))
-    return statistics.median(wall[1:]), statistics.median(cpu[1:])
+    return wall[1:], cpu[1:]
+
+
+def query_ms(
+    index: faiss.Index, queries: np.ndarray, repeats: int = 5, k: int = 10
+) -> tuple[float, float]:
+    """Milliseconds per query (`pass_times_ms`), the medians over the passes: wall, CPU."""
+    wall, cpu = pass_times_ms(index, queries, repeats, k)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def memory_bytes(index: faiss.Index) -> int:

@@ -8,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, TypeVar, get_args
 
 import typer
 
+from index import config as index_config
 from index.config import IndexConfig
 from training.config import (
     ConfigError,
@@ -33,13 +34,8 @@ app.add_typer(data_app, name="data")
 OUT_HELP = "output directory [default: data.processed_dir of configs/training.yaml]"
 
 
-class IndexType(StrEnum):
-    auto = "auto"
-    flat = "flat"
-    ivf = "ivf"
-    ivfpq = "ivfpq"
-    ivfsq = "ivfsq"
-    hnsw = "hnsw"
+# typer wants an Enum for a choice: the one list of index types is index/config.py's.
+IndexType = StrEnum("IndexType", {name: name for name in get_args(index_config.IndexType)})
 
 
 _F = TypeVar("_F", bound=Callable[..., object])
@@ -167,7 +163,8 @@ def _train_rank(settings: TrainingSettings, quiet: bool) -> None:
 @clear_errors
 def index(
     type: Annotated[
-        IndexType, typer.Option("--type", help="index kind; auto: exact or tuned ivfsq")
+        IndexType,
+        typer.Option("--type", help="index kind; auto: exact or index.approximate, tuned"),
     ] = IndexType.auto,
     model: Annotated[str | None, typer.Option(help="model tag [default: the newest]")] = None,
 ) -> None:

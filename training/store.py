@@ -195,6 +195,8 @@ ADDED_SETTINGS = {
     ("index", "exact_budget_ms"): 1.0,
     ("index", "refine_factor"): 4,
     ("index", "max_probe_fraction"): 0.25,
+    ("index", "approximate"): "ivfsq",
+    ("index", "recall_margin"): 0.0,
     # Older models read their plays whole; the streaming settings change nothing after training.
     ("data", "streaming"): "never",
     ("data", "stream_above_plays"): 5_000_000,

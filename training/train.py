@@ -254,6 +254,9 @@ def train_two_tower(
         towers.parameters(),
         lr=settings.train.learning_rate,
         weight_decay=settings.train.weight_decay,
+        # One fused kernel over all parameters: AdamW's step over 51M parameters (100,000
+        # games' id tables) took 0.064 s instead of 0.54 s with the default (docs/scale.md).
+        fused=True,
     )
     schedule = None
     if settings.train.lr_schedule == "cosine":

@@ -71,6 +71,9 @@ def test_default_config_is_not_below_ease(default_model: PipelineResult):
 
 def test_served_top_10_equals_the_evaluated_top_10(default_model: PipelineResult):
     result, artifacts = default_model, default_model.artifacts
+    # The served list is the evaluated one only over an exact index: auto must keep it here.
+    index = artifacts.metrics["index"]
+    assert index["type"] == "flat", f"auto chose {index} for {len(artifacts.vocab.game_ids)} games"
     test, h = result.split.test, result.histories
     game_ids = artifacts.vocab.game_ids
     items = with_known(  # as the index was built: unplayed games from their metadata alone

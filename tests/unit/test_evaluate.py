@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from tests.conftest import config_section
+from training import evaluate
 from training.data.synthetic import generate
-from training.evaluate import kfold_splits
+from training.evaluate import kfold_splits, ranking_metrics
 from training.features import Vocabulary
 from training.histories import Histories
 
@@ -25,3 +26,24 @@ def test_every_eligible_player_is_a_test_player_exactly_once():
         assert not test & val and not train & (test | val)
         assert len(train | test | val) == len(histories)
         assert len(val) == min(int(len(eligible) * cfg.val_users), cfg.max_eval_users)
+
+
+def test_a_wide_catalog_is_scored_a_few_users_at_a_time(monkeypatch):
+    """The scores of a chunk stay under EVAL_CELLS (a 1,000,000-game catalog scored 1,024 users
+    at once took over 20 GB), and the metrics do not depend on the chunking."""
+    interactions, games = generate(n_users=400, n_games=60, seed=3)
+    histories = Histories.from_interactions(interactions, Vocabulary.from_games_table(games))
+    split = kfold_splits(histories, config_section("split"), 5)[0]
+    scores = np.random.default_rng(0).standard_normal((len(histories), 60)).astype(np.float32)
+    widths = []
+
+    def scorer(eval_set, rows: slice) -> np.ndarray:
+        widths.append(rows.stop - rows.start)
+        return scores[eval_set.users[rows]]
+
+    whole = ranking_metrics(scorer, histories, split.test, [10])
+    monkeypatch.setattr(evaluate, "EVAL_CELLS", 60 * 7)  # 7 users of 60 games at once
+    widths.clear()
+    chunked = ranking_metrics(scorer, histories, split.test, [10])
+    assert widths[0] == 1 and max(widths[1:]) == 7  # the first call measures the catalog
+    assert chunked == whole

@@ -1,8 +1,10 @@
-"""Fast tests of `index.type: auto`: exact while fast enough, else ivfsq tuned to the target."""
+"""Fast tests of `index.type: auto`: exact while fast enough, else `index.approximate` (ivf_fastscan
+or ivfsq) tuned to the target."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import get_args
 
 import faiss
 import numpy as np
@@ -10,9 +12,11 @@ import pytest
 
 from index import build_and_measure, measure_recall, search
 from index.build import set_search_params
+from index.config import ApproximateType
 from tests.conftest import config_section
 
 TINY_BUDGET_MS = 1e-6  # no exact search is this fast: auto must go approximate
+APPROXIMATE = list(get_args(ApproximateType))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,7 +44,7 @@ def clustered(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def catalog() -> tuple[np.ndarray, np.ndarray]:
-    """4,000 items of an odd dimension (33, as 257 is: ivfsq pads it)."""
+    """4,000 items of an odd dimension (33, as 257 is: ivf_fastscan and ivfsq pad it)."""
     return clustered(4000, 33)
 
 
@@ -56,32 +60,48 @@ def test_auto_keeps_exact_search_for_a_small_catalog(
     assert report.memory_bytes >= items.nbytes and report.warning() is None
 
 
+@pytest.mark.parametrize("family", APPROXIMATE)
 def test_auto_goes_approximate_past_the_budget_and_reaches_the_target(
-    catalog: tuple[np.ndarray, np.ndarray],
+    catalog: tuple[np.ndarray, np.ndarray], family: str
 ) -> None:
     items, queries = catalog
-    cfg = config_section("index", type="auto", exact_budget_ms=TINY_BUDGET_MS, recall_target=0.95)
+    cfg = config_section(
+        "index",
+        type="auto",
+        approximate=family,
+        exact_budget_ms=TINY_BUDGET_MS,
+        recall_target=0.95,
+    )
     index, report = build_and_measure(items, cfg, queries, seed=1)
-    assert report.type == "ivfsq" and report.meets_target and report.warning() is None
-    assert report.recall_at_10 >= 0.95
+    assert report.type == family and report.meets_target and report.warning() is None
+    assert report.recall_at_10 >= 0.95 + cfg.recall_margin > 0.95  # tuned with the margin
     assert report.recall_at_10 == measure_recall(index, items, queries)
     assert report.exact_query_cpu_ms > TINY_BUDGET_MS and report.query_ms > 0
     assert report.memory_bytes > 0 and report.build_seconds > 0
-    assert report.params["nlist"] == 4000 // 39 and report.params["refine_factor"] == 4
+    assert report.params["nlist"] == 4000 // 39
+    assert report.params["refine_factor"] == cfg.refine_factor
     assert index.d == 33  # padded inside, asked with the towers' dimension
     _, ids = search(index, queries[:3], k=10)
     assert ids.shape == (3, 10) and (ids >= 0).all()
 
 
+@pytest.mark.parametrize("family", APPROXIMATE)
 def test_auto_tunes_the_smallest_nprobe_that_reaches_the_target(
-    catalog: tuple[np.ndarray, np.ndarray],
+    catalog: tuple[np.ndarray, np.ndarray], family: str
 ) -> None:
     items, queries = catalog
-    cfg = config_section("index", type="auto", exact_budget_ms=TINY_BUDGET_MS, recall_target=0.99)
+    cfg = config_section(
+        "index",
+        type="auto",
+        approximate=family,
+        exact_budget_ms=TINY_BUDGET_MS,
+        recall_target=0.99,
+        recall_margin=0.0,
+    )
     index, report = build_and_measure(items, cfg, queries)
     nprobe = report.params["nprobe"]
-    assert report.recall_at_10 >= 0.99 and nprobe > 1
-    set_search_params(index, {"type": "ivfsq", **report.params, "nprobe": nprobe - 1})
+    assert report.type == family and report.recall_at_10 >= 0.99 and nprobe > 1
+    set_search_params(index, {"type": family, **report.params, "nprobe": nprobe - 1})
     assert measure_recall(index, items, queries) < 0.99
 
 
@@ -97,7 +117,7 @@ def test_a_target_out_of_reach_is_reported_not_raised() -> None:
         max_probe_fraction=0.05,
     )
     _, report = build_and_measure(items, cfg, queries)
-    assert report.type == "ivfsq" and not report.meets_target
+    assert report.type == cfg.approximate and not report.meets_target
     assert report.params["nprobe"] == int(report.params["nlist"] * 0.05)  # stopped at the ceiling
     assert report.recall_at_10 < 0.99
     warning = report.warning()
