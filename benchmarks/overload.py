@@ -53,8 +53,8 @@ from benchmarks.serving import (
     write_bodies,
 )
 from tests.servers import (
-    _home_of_its_own,
     free_port,
+    home_of_its_own,
     running_process,
     service_config,
     tree_rss_mib,
@@ -262,7 +262,7 @@ def server(limits: dict, env: dict[str, str], workdir: Path, name: str):
     url = f"http://127.0.0.1:{port}"
     config = service_config(directory, **limits)
     # A home of its own over the same models: `bentoml serve` empties its home's metrics.
-    config["BENTOML_HOME"] = _home_of_its_own(Path(env["BENTOML_HOME"]), directory / "home")
+    config["BENTOML_HOME"] = home_of_its_own(Path(env["BENTOML_HOME"]), directory / "home")
     log = directory / "server.log"
     with running_process(command, f"{url}/readyz", {**env, **config}, log, 600) as process:
         yield url, process.pid, log

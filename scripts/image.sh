@@ -19,6 +19,7 @@
 #   DEBIAN_MIRROR       debootstrap's mirror                      [http://deb.debian.org/debian]
 #   TORCH_INDEX_URL     pip index for the CPU torch wheel if pip's default finds a CUDA build
 #   BENTOML, PYTHON     the project's bentoml and python          [.venv/bin/...]
+#   BUILDAH_LAYERS      keep and reuse the build's layers (the Python environment)     [true]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,6 +40,11 @@ EXAMPLE='{"user_id": "u_123", "time_played": {"g_221": 120.0}, "genres": ["rpg",
 # the Bento's Dockerfile installs with apt-get (so that step finds them already there).
 BASE_PACKAGES=python3,python3-venv,python3-pip,ca-certificates,gnupg2,bash,build-essential,git
 START=$SECONDS
+# buildah run re-executes buildah from a sealed memfd copy of its binary (containers/storage
+# pkg/unshare/unshare.c, copy_self_proc_exe). The kernel refuses the seal with EBUSY while a
+# page of the copy is still pinned (mm/memfd.c, memfd_wait_for_pins): now and then on a loaded
+# machine (CI, 2026-12-01). Nothing of the container ran yet, so running it again is safe.
+SEAL_BUSY='sealing memfd copy: Device or resource busy'
 
 die() { echo "image.sh: error: $*" >&2; exit 1; }
 step() { printf '== [%3ds] %s\n' $((SECONDS - START)) "$*"; }
@@ -58,6 +64,9 @@ runroot = "/run/gamerec-image-$driver"
 EOF
     export CONTAINERS_STORAGE_CONF=$IMAGE_HOME/storage-$driver.conf STORAGE_DRIVER=$driver
     export BUILDAH_ISOLATION=chroot BENTOML_DO_NOT_TRACK=true
+    # Keep the build's intermediate layers: the Python environment (uv installing torch and
+    # the rest) is built again only when the Bento's requirements change, not for a new model.
+    export BUILDAH_LAYERS=${BUILDAH_LAYERS:-true}
 }
 
 # overlay where the kernel mounts it on this file system (fast: no copies), else vfs (works
@@ -76,6 +85,7 @@ storage_driver() {
     rm -rf "$probe"
 }
 
+image_id() { buildah inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null || true; }
 have_image() { buildah inspect --type image "$1" >/dev/null 2>&1; }
 image_size() { buildah images --noheading --format '{{.Size}}' "$1" | head -1; }
 
@@ -177,7 +187,15 @@ build() {
         --opt from="$BASE_IMAGE" \
         --opt volume="$CACHE:/root/.cache"
     have_image "$image" || die "containerize did not produce $image"
+    local previous
+    previous=$(image_id "localhost/$IMAGE_NAME:latest")
     buildah tag "$image" "localhost/$IMAGE_NAME:latest"
+    # The image that was :latest, now without a name: removed. Its layers that the new image
+    # shares (the Python environment: BUILDAH_LAYERS) stay; it is the cache of the next build.
+    if [[ -n $previous ]] && buildah images --noheading --quiet --no-trunc --filter dangling=true |
+        grep -q "$previous"; then
+        buildah rmi "$previous" >/dev/null
+    fi
     step "built $image (also $IMAGE_NAME:latest): $(image_size "$image")"
     echo "image: $image"
 }
@@ -242,29 +260,51 @@ smoke() {
     step "the image holds model $model and the CPU torch"
 
     port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
-    step "start: the image's entrypoint as its user, port $port"
-    # What `docker run -e PORT=$port IMAGE` does: the entrypoint with no arguments serves the
-    # Bento; buildah run takes the user from the image.
-    buildah run --network host --env PORT="$port" "$ctr" -- \
-        "$BENTO_PATH/env/docker/entrypoint.sh" >"$log" 2>&1 &
-    pid=$!
-    local url=http://127.0.0.1:$port deadline=$((SECONDS + ${SMOKE_TIMEOUT:-240}))
-    until "$PYTHON" -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=2)' \
-        "$url/readyz" 2>/dev/null; do
-        running "$pid" || { tail -30 "$log" >&2; die "the container exited"; }
-        ((SECONDS < deadline)) || { tail -30 "$log" >&2; die "$url/readyz not ready in time"; }
-        sleep 1
+    local url=http://127.0.0.1:$port deadline=$((SECONDS + ${SMOKE_TIMEOUT:-240})) attempt
+    for attempt in 1 2 3; do
+        step "start: the image's entrypoint as its user, port $port"
+        # What `docker run -e PORT=$port IMAGE` does: the entrypoint with no arguments serves
+        # the Bento; buildah run takes the user from the image.
+        buildah run --network host --env PORT="$port" "$ctr" -- \
+            "$BENTO_PATH/env/docker/entrypoint.sh" >"$log" 2>&1 &
+        pid=$!
+        until "$PYTHON" -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=2)' \
+            "$url/readyz" 2>/dev/null; do
+            running "$pid" || break
+            ((SECONDS < deadline)) || { tail -30 "$log" >&2; die "$url/readyz not ready in time"; }
+            sleep 1
+        done
+        running "$pid" && break
+        wait "$pid" 2>/dev/null || true
+        pid=
+        if ((attempt < 3)) && grep -q "$SEAL_BUSY" "$log"; then
+            step "buildah could not seal its memfd copy (EBUSY, transient): start again"
+            continue
+        fi
+        tail -30 "$log" >&2
+        die "the container exited"
     done
     step "ready: $url/readyz"
     local uids
     uids=$(ps -o uid= -p "$(container_pids | paste -sd,)" | tr -d ' ' | sort -u | paste -sd,)
-    [[ $uids == "0,$(buildah run "$ctr" -- id -u)" ]] ||
+    [[ $uids == "0,$(buildah_run "$ctr" -- id -u)" ]] ||
         die "the container's processes run as uids $uids (0 is buildah), not as the image's user"
 
     recommend "$url" "$model" || { tail -30 "$log" >&2; die "POST /recommend: wrong or no answer"; }
     smoke_cleanup
     trap - EXIT
     step "smoke test passed: $image"
+}
+
+# buildah run of a short command, run again when buildah could not seal its copy (SEAL_BUSY).
+buildah_run() {
+    local out attempt
+    for attempt in 1 2 3; do
+        out=$(buildah run "$@" 2>&1) && { echo "$out"; return; }
+        [[ $out == *"$SEAL_BUSY"* ]] || break
+    done
+    echo "$out" >&2
+    return 1
 }
 
 running() { local state; state=$(ps -o stat= -p "$1") && [[ $state != Z* ]]; }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="gamerec-test-bentoml-")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from training.config import TrainingSettings, load_training_config, validate
@@ -46,6 +49,22 @@ def quick_settings(processed_dir: Path, **train: object) -> TrainingSettings:
             "eval": settings.eval.model_copy(update={"ease_lambdas": [50.0, 200.0]}),
         }
     )
+
+
+def train_in_two_processes(settings: TrainingSettings, directory: Path) -> str:
+    """`gamerec train --nproc 2` with these settings (written to `directory`); its output."""
+    config = directory / "training.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    gamerec = str(Path(sys.executable).with_name("gamerec"))
+    done = subprocess.run(
+        [gamerec, "train", "--config", str(config), "--nproc", "2", "--quiet"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 @pytest.fixture(scope="session")

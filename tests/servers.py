@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,10 +97,63 @@ def running_server(
     log = workdir / "server.log"
     command = [BENTOML, "serve", *target, "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    home = _home_of_its_own(Path(base["BENTOML_HOME"]), workdir / "bentoml")
+    home = home_of_its_own(Path(base["BENTOML_HOME"]), workdir / "bentoml")
     environment = {**base, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": home, **(env or {})}
     with running_process(command, f"{url}/readyz", environment, log, timeout) as process:
         yield Server(url, process.pid)
+
+
+@dataclass(frozen=True)
+class Answer:
+    started: float  # time.monotonic()
+    ended: float
+    status: int  # 0: no answer (a transport error)
+    error: str  # the start of the body or the error; "" for a 200
+
+
+class Load:
+    """`clients` threads POSTing `body` to /recommend in a loop on keep-alive connections, and
+    with `probe_readiness` one more polling /readyz: every answer, with its times."""
+
+    def __init__(self, url: str, body: dict, clients: int, probe_readiness: bool = False) -> None:
+        self.url, self.body, self.stop = url, body, threading.Event()
+        self.answers: list[Answer] = []
+        self.readiness: list[tuple[float, int]] = []  # (time, status; 0 for no answer)
+        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
+        if probe_readiness:
+            self.threads.append(threading.Thread(target=self._prober))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.post("/recommend", json=self.body)
+                    status, error = response.status_code, response.text[:200]
+                except httpx.HTTPError as err:
+                    status, error = 0, repr(err)
+                error = "" if status == 200 else error
+                self.answers.append(Answer(started, time.monotonic(), status, error))
+
+    def _prober(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self.stop.is_set():
+                try:
+                    status = client.get("/readyz").status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.readiness.append((time.monotonic(), status))
+                time.sleep(0.1)
 
 
 def run_until_exit(command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -126,7 +180,7 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         )
 
 
-def _home_of_its_own(store: Path, home: Path) -> str:
+def home_of_its_own(store: Path, home: Path) -> str:
     """A BentoML home that shares the models and Bentos of `store`: `bentoml serve` empties its
     home's Prometheus directory at start, which would wipe the metrics of another server
     running from the same home."""

@@ -133,7 +133,7 @@ class TwoTower(nn.Module):
         if self.cfg.scoring == "cosine":
             return F.normalize(user, dim=1)
         learned = torch.cat([user, torch.ones(len(user), 1)], dim=1)
-        if not self.linear_rank:
+        if not self._linear_in_output():
             return learned
         linear = _bag(self.linear_users, x.game_positions, x.game_offsets, x.game_weights)
         alpha = self.linear_mix
@@ -164,9 +164,15 @@ class TwoTower(nn.Module):
         if self.cfg.scoring == "cosine":
             return F.normalize(item, dim=1)
         bias = self.item_bias(x.positions) * known + metadata_bias
-        if not self.linear_rank:
+        if not self._linear_in_output():
             return torch.cat([item, bias], dim=1)
         return torch.cat([item, self.linear_items[x.positions] * known, bias], dim=1)
+
+    def _linear_in_output(self) -> bool:
+        """Whether the outputs carry the linear part's columns: always in eval mode (the
+        layout the index and the server use), and in training only once it is mixed in.
+        Before that they are zeros, and leaving them out halves the full softmax's work."""
+        return self.linear_rank > 0 and (not self.training or bool(self.linear_mix > 0))
 
     @torch.no_grad()
     def mix_linear(
@@ -177,7 +183,9 @@ class TwoTower(nn.Module):
         self.linear_users.copy_(user_games)
         self.linear_items.copy_(item_ids)
         self.linear_mix.fill_(alpha)
+        training, _ = self.training, self.eval()  # the served layout, linear columns included
         vectors = self.item_embed(items)
+        self.train(training)
         d, r = self.cfg.embedding_dim, self.linear_rank
         learned = torch.cat([vectors[:, :d], vectors[:, -1:]], dim=1)
         self.learned_cov.copy_(torch.cov(learned.T))

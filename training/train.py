@@ -117,6 +117,7 @@ def catalog_with_plays(
     return with_known(catalog_items(games_table, vocab, cfg), train_counts > 0)
 
 
+@dataclass
 class ExampleSampler:
     """Training batches: each user's games split at random into inputs and hidden targets.
 
@@ -126,16 +127,11 @@ class ExampleSampler:
     tick), since requests may send them.
     """
 
-    def __init__(
-        self,
-        histories: Histories,
-        users: np.ndarray,
-        genres_of_games: sp.csr_matrix,
-        settings: TrainingSettings,
-        rng: np.random.Generator,
-    ) -> None:
-        self.h, self.users, self.genres_of_games = histories, users, genres_of_games
-        self.s, self.rng = settings, rng
+    h: Histories
+    users: np.ndarray
+    genres_of_games: sp.csr_matrix
+    s: TrainingSettings
+    rng: np.random.Generator
 
     def __len__(self) -> int:
         return len(self.users)
@@ -190,20 +186,16 @@ class ExampleSampler:
         )
 
 
+@dataclass
 class StreamedExampleSampler:
     """`ExampleSampler`'s batches of the training players a `PlayStream` reads (this rank's
     share of them), a buffer at a time."""
 
-    def __init__(
-        self,
-        stream: PlayStream,
-        ranks: distributed.Ranks,
-        genres_of_games: sp.csr_matrix,
-        settings: TrainingSettings,
-        rng: np.random.Generator,
-    ) -> None:
-        self.stream, self.ranks, self.genres_of_games = stream, ranks, genres_of_games
-        self.s, self.rng = settings, rng
+    stream: PlayStream
+    ranks: distributed.Ranks
+    genres_of_games: sp.csr_matrix
+    s: TrainingSettings
+    rng: np.random.Generator
 
     def __len__(self) -> int:
         return self.stream.n_players(self.ranks)

@@ -3,19 +3,13 @@ model in the store, as good as the one-process run of the same settings."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import bentoml
 import pytest
-import yaml
 
-from tests.conftest import PROJECT_ROOT, quick_settings
+from tests.conftest import quick_settings, train_in_two_processes
 from training.store import load_model
 
 pytestmark = pytest.mark.slow
-GAMEREC = str(Path(sys.executable).with_name("gamerec"))
 MODEL_NAME = "gamerec-ddp"  # not `gamerec`: other tests serve gamerec:latest
 # 510 test players: one run's Recall@10 moves by about 0.02 with the seed alone.
 TOLERANCE = 0.04
@@ -23,19 +17,10 @@ TOLERANCE = 0.04
 
 def test_two_processes_make_one_model_as_good_as_one_process(trained, small_data, tmp_path):
     settings = quick_settings(small_data).model_copy(update={"model_name": MODEL_NAME})
-    config = tmp_path / "training.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    done = subprocess.run(
-        [GAMEREC, "train", "--config", str(config), "--nproc", "2", "--quiet"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    output = train_in_two_processes(settings, tmp_path)
     versions = bentoml.models.list(MODEL_NAME)
     assert len(versions) == 1, "only rank 0 saves"
-    assert f"saved model: {versions[0].tag}" in done.stdout
+    assert f"saved model: {versions[0].tag}" in output
     artifacts = load_model(str(versions[0].tag))  # whole and consistent, or it raises
     two_processes = artifacts.metrics["evaluation"]["two-tower"]
     one_process = trained.table["two-tower"]

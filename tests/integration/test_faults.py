@@ -7,58 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
-import httpx
 import pytest
 
-from tests.servers import running_server, service_config
+from tests.servers import Load, running_server, service_config
 
 pytestmark = pytest.mark.slow
 CLIENTS = 4
-
-
-class Load:
-    """Clients sending /recommend in a loop, and a prober polling /readyz, with timestamps."""
-
-    def __init__(self, url: str, body: dict) -> None:
-        self.url, self.body = url, body
-        self.results: list[tuple[float, int, str]] = []  # (time, status, error text)
-        self.readiness: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(CLIENTS)]
-        self.threads.append(threading.Thread(target=self._prober))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-    def _client(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self.stop.is_set():
-                try:
-                    response = client.post(f"{self.url}/recommend", json=self.body)
-                    status, text = response.status_code, response.text[:200]
-                except httpx.HTTPError as err:
-                    status, text = 0, repr(err)
-                self.results.append((time.monotonic(), status, "" if status == 200 else text))
-
-    def _prober(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                try:
-                    status = client.get(f"{self.url}/readyz").status_code
-                except httpx.HTTPError:
-                    status = 0
-                self.readiness.append((time.monotonic(), status))
-                time.sleep(0.1)
 
 
 def test_killed_inner_worker_comes_back_with_bounded_failures(trained, tmp_path):
@@ -68,7 +24,7 @@ def test_killed_inner_worker_comes_back_with_bounded_failures(trained, tmp_path)
     env = {"GAMEREC_MODEL_TAG": trained.tag, **service_config(tmp_path, placement="embedder")}
     with (
         running_server(["service:GameRec"], env=env) as server,
-        Load(server.url, body) as load,
+        Load(server.url, body, CLIENTS, probe_readiness=True) as load,
     ):
         time.sleep(3)
         killed_at = time.monotonic()
@@ -85,11 +41,11 @@ def test_killed_inner_worker_comes_back_with_bounded_failures(trained, tmp_path)
     after = [s for t, s in load.readiness if t > killed_at]
     assert 503 in after, f"/readyz never reported the outage: {after}"
     assert after[-1] == 200, f"/readyz did not come back: {after[-20:]}"
-    failed = [(t - killed_at, s, e) for t, s, e in load.results if s != 200]
-    served_after = [s for t, s, _ in load.results if t > recovered_at]
+    failed = [(a.ended - killed_at, a.status, a.error) for a in load.answers if a.status != 200]
+    served_after = [a.status for a in load.answers if a.ended > recovered_at]
     outage = max(t for t, s in load.readiness if s != 200) - killed_at
     print(
-        f"\nEmbedder killed: outage seen by /readyz for {outage:.1f} s; {len(load.results)} "
+        f"\nEmbedder killed: outage seen by /readyz for {outage:.1f} s; {len(load.answers)} "
         f"requests, {len(failed)} failed, {len(served_after)} after recovery"
     )
     # Requests in flight or sent during the outage wait for the new worker (retried by the

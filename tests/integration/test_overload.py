@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import psutil
 import pytest
 
 from benchmarks.overload_clients import SLOW_BODY_HEAD, SLOW_HEAD
-from tests.servers import Server, running_server, service_config, worker_pids
+from tests.servers import Load, Server, running_server, service_config, worker_pids
 
 pytestmark = pytest.mark.slow
 MAX_IN_FLIGHT, DEADLINE_S = 4, 1.0
@@ -115,35 +114,6 @@ def test_beyond_the_limit_is_a_fast_503_and_probes_still_answer(server, body):
     assert max(took for took, _ in refused) < 1.0
 
 
-class Clients:
-    """CLIENTS threads sending /recommend on keep-alive connections: (start, end, status)."""
-
-    def __init__(self, url: str, body: dict) -> None:
-        self.url, self.body, self.stop = url, body, threading.Event()
-        self.results: list[tuple[float, float, int]] = []
-        self.threads = [threading.Thread(target=self._client) for _ in range(CLIENTS)]
-
-    def __enter__(self) -> Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-    def _client(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    status = client.post("/recommend", json=self.body).status_code
-                except httpx.HTTPError:
-                    status = 0
-                self.results.append((started, time.monotonic(), status))
-
-
 def _new_worker_answers(url: str, old: set[int], timeout: float) -> float | None:
     """Seconds until GET /info, on a new connection each time, names a worker not in `old`."""
     started = time.monotonic()
@@ -161,7 +131,7 @@ def _new_worker_answers(url: str, old: set[int], timeout: float) -> float | None
 def test_a_killed_entry_worker_fails_only_what_it_held(server, body):
     before = worker_pids(server.pid, "GameRec")
     assert len(before) == 2
-    with Clients(server.url, body) as load:
+    with Load(server.url, body, CLIENTS) as load:
         time.sleep(3)
         victim = psutil.Process(before[0])
         held = sum(c.status == psutil.CONN_ESTABLISHED for c in victim.net_connections("tcp"))
@@ -173,17 +143,17 @@ def test_a_killed_entry_worker_fails_only_what_it_held(server, body):
         recovered_at = time.monotonic()
         time.sleep(2)
     assert back_s is not None, "no new entry worker answered within 90 s"
-    failed = [(s - killed_at, e - killed_at, st) for s, e, st in load.results
-              if st not in (200, 503)]  # fmt: skip
-    refused = [e - s for s, e, st in load.results if st == 503]
-    outage = [r for r in load.results if killed_at < r[1] < recovered_at]
-    print(f"\nworker killed: it held {held} connections; {len(failed)} of {len(load.results)} "
+    failed = [(a.started - killed_at, a.ended - killed_at, a.status) for a in load.answers
+              if a.status not in (200, 503)]  # fmt: skip
+    refused = [a.ended - a.started for a in load.answers if a.status == 503]
+    outage = [a.status for a in load.answers if killed_at < a.ended < recovered_at]
+    print(f"\nworker killed: it held {held} connections; {len(failed)} of {len(load.answers)} "
           f"requests failed, {len(refused)} refused (503); {len(outage)} answered meanwhile; a "
           f"new worker answered after {back_s:.1f} s")  # fmt: skip
     # Only the requests on the killed worker's connections, in flight as it died, failed.
     assert len(failed) <= min(held, CLIENTS), failed
     assert all(start < dead_at and 0 < end < dead_at + 1 for start, end, _ in failed), failed
-    assert [st for _, _, st in outage].count(200) > 0  # the other worker kept serving
+    assert outage.count(200) > 0  # the other worker kept serving
     assert all(seconds < 1 for seconds in refused)  # a refusal, if any, is fast
-    assert all(st == 200 for s, _, st in load.results if s > recovered_at)
+    assert all(a.status == 200 for a in load.answers if a.started > recovered_at)
     assert len(worker_pids(server.pid, "GameRec")) == 2

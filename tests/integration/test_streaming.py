@@ -3,15 +3,12 @@ sharded over two (`gamerec train --nproc 2`)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import bentoml
 import pytest
-import yaml
 
-from tests.conftest import PROJECT_ROOT, quick_settings
+from tests.conftest import quick_settings, train_in_two_processes
 from training.config import with_overrides
 from training.data import io as data_io
 from training.data.io import write_dataset_pieces
@@ -19,7 +16,6 @@ from training.data.synthetic import synthesize
 from training.pipeline import run
 from training.store import load_model
 
-GAMEREC = str(Path(sys.executable).with_name("gamerec"))
 MODEL_NAME = "gamerec-stream"  # not `gamerec`: other tests serve gamerec:latest
 
 
@@ -54,17 +50,8 @@ def test_auto_streams_a_large_data_set_end_to_end(pieces_data: Path):
 @pytest.mark.slow
 def test_two_processes_share_the_stream(pieces_data: Path, tmp_path: Path):
     settings = _streamed(pieces_data, **{"data.streaming": "always"})
-    config = tmp_path / "training.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     before = len(bentoml.models.list(MODEL_NAME))
-    done = subprocess.run(
-        [GAMEREC, "train", "--config", str(config), "--nproc", "2", "--quiet"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_in_two_processes(settings, tmp_path)
     versions = bentoml.models.list(MODEL_NAME)
     assert len(versions) == before + 1, "only rank 0 saves"
     newest = max(versions, key=lambda m: m.info.creation_time)

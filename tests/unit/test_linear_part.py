@@ -38,6 +38,22 @@ def test_before_mixing_the_linear_part_adds_nothing():
 
 
 @torch.no_grad()
+def test_training_before_the_mix_leaves_the_zero_columns_out():
+    """The training softmax's work is the width of the vectors: the linear part's zero
+    columns are left out until it is mixed in, and the scores are the same."""
+    model, users, items = towers_and_inputs()
+    served = model.user_embed(users) @ model.item_embed(items).T
+    model.train()
+    u, v = model.user_embed(users), model.item_embed(items)
+    assert u.shape[1] == v.shape[1] == 6 + 1
+    torch.testing.assert_close(u @ v.T, served)
+    model.mix_linear(torch.randn(4, 3), torch.randn(4, 3), 0.0, items)  # α 0, in training
+    assert model.training and model.user_embed(users).shape[1] == 6 + 1
+    model.mix_linear(torch.randn(4, 3), torch.randn(4, 3), 0.5, items)
+    assert model.user_embed(users).shape[1] == output_dim(model.cfg)
+
+
+@torch.no_grad()
 def test_the_mix_is_the_standardized_scores_weighted_by_alpha():
     model, users, items = towers_and_inputs()
     learned = model.user_embed(users) @ model.item_embed(items).T  # before mixing
