@@ -52,7 +52,9 @@ from training.store import ModelIntegrityError, ModelNotFound, load_model
 SETTINGS = service_settings()
 PLACEMENT = runner_placement(SETTINGS)
 ADMISSION = Admission(SETTINGS.admission.max_in_flight, SETTINGS.admission.retry_after_s)
-bentoml_fixes.apply_global_fixes(SETTINGS.connections, ADMISSION)
+bentoml_fixes.apply_global_fixes(
+    SETTINGS.connections, ADMISSION, entry_workers(SETTINGS, PLACEMENT)
+)
 UNTRACED_ROUTES = () if SETTINGS.trace_recommend else ("/recommend", "/recommend_batch")
 
 

@@ -70,6 +70,14 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    access-log and timeout middlewares, which made a refusal cost more than the served requests
    could spare under overload (docs/overload.md). BentoML's own `traffic.max_concurrency`
    answers 429 without `Retry-After`, inside those same middlewares.
+10. Connections spread unevenly over the entry workers (issue 5426, open; PR 5557 proposed
+   SO_REUSEPORT and was closed unmerged). The workers accept from one shared socket, and the
+   first to wake accepts every connection waiting: 8 clients connecting at once often all
+   land on one worker of two, which serves them alone for as long as they stay connected.
+   `deadline_protocol` with a `ConnectionShare` (serving/balance.py) answers a request with
+   `Connection: close` while its worker holds more than its share of the server's
+   connections (`connections.balance_interval_s`); the client's next connection mostly goes
+   to the idle worker.
 """
 
 from __future__ import annotations
@@ -99,6 +107,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from serving.balance import ConnectionShare
 from serving.guard import GUARD_RESPONSES, Admission, ErrorMessage
 from serving.settings import ConnectionsConfig
 
@@ -118,8 +127,11 @@ def check_bentoml_version(installed: str | None = None) -> None:
         )
 
 
-def apply_global_fixes(connections: ConnectionsConfig, admission: Admission) -> None:
-    """Fixes 2, 6, 8 and 9, which replace BentoML's own code; applied once per process."""
+def apply_global_fixes(
+    connections: ConnectionsConfig, admission: Admission, entry_workers: int = 1
+) -> None:
+    """Fixes 2, 6, 8, 9 and 10, which replace BentoML's own code; applied once per process
+    (`entry_workers`: of the server, for fix 10)."""
     global _applied
     if _applied:
         return
@@ -127,7 +139,10 @@ def apply_global_fixes(connections: ConnectionsConfig, admission: Admission) -> 
     patch_timeout_middleware()
     correct_openapi_spec()
     reuse_per_request_work()
-    serve_with_connection_limits(connections, admission)
+    share = None
+    if entry_workers > 1 and connections.balance_interval_s > 0:
+        share = ConnectionShare.of_this_worker(entry_workers, connections.balance_interval_s)
+    serve_with_connection_limits(connections, admission, share)
     _applied = True
 
 
@@ -296,14 +311,18 @@ def reuse_per_request_work() -> None:
 
 # Fix 9: deadlines and a cap for the connections of the worker's uvicorn.
 def deadline_protocol(
-    limits: ConnectionsConfig, admission: Admission | None = None
+    limits: ConnectionsConfig,
+    admission: Admission | None = None,
+    share: ConnectionShare | None = None,
 ) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with `limits`: a request's headers must be whole within
     `header_timeout_s` of the connection's opening (its first request) or of the request's
     first byte, else 408 and close (a plain close if no byte came); an idle keep-alive
     connection closes after `keep_alive_s`; one beyond `max_connections` is closed at once.
     With `admission`, a request it does not admit gets its 503 from a bare ASGI app, outside
-    BentoML's middlewares (the metrics, the access log, the timeout's task)."""
+    BentoML's middlewares (the metrics, the access log, the timeout's task). With `share`
+    (fix 10), a worker over its share of the server's connections answers a request with
+    `Connection: close`."""
 
     refusal = _raw_response(admission.refusal) if admission is not None else b""
 
@@ -336,7 +355,12 @@ def deadline_protocol(
             self._request_begun = False
             path = self.url.split(b"?", 1)[0].decode("latin-1")
             if admission is None or admission.admits(path):
-                return super().on_headers_complete()
+                super().on_headers_complete()
+                # Not with requests pipelined behind this one: closing would drop them.
+                mine = len(self.connections)
+                if share is not None and not self.pipeline and share.should_close(mine):
+                    self.cycle.keep_alive = False  # uvicorn adds Connection: close
+                return
             if self.cycle is not None and not self.cycle.response_complete:
                 served, self.app = self.app, admission.refusal  # pipelined: answer in turn
                 try:
@@ -403,11 +427,13 @@ def _too_slow_response(seconds: float) -> bytes:
 _ORIGINAL_UVICORN_CONFIG_INIT = uvicorn.Config.__init__
 
 
-def serve_with_connection_limits(limits: ConnectionsConfig, admission: Admission) -> None:
-    """Fix 9: the uvicorn of this worker (its `Config`, built by BentoML after the service is
-    imported) serves with `deadline_protocol(limits, admission)`, unless told another
-    protocol."""
-    protocol = deadline_protocol(limits, admission)
+def serve_with_connection_limits(
+    limits: ConnectionsConfig, admission: Admission, share: ConnectionShare | None = None
+) -> None:
+    """Fixes 9 and 10: the uvicorn of this worker (its `Config`, built by BentoML after the
+    service is imported) serves with `deadline_protocol(limits, admission, share)`, unless
+    told another protocol."""
+    protocol = deadline_protocol(limits, admission, share)
 
     def config_init(self: uvicorn.Config, *args, **kwargs) -> None:
         kwargs.setdefault("http", protocol)

@@ -82,6 +82,11 @@ class ConnectionsConfig(Strict):
     max_connections: int = Field(
         ge=1, description="open connections per entry worker; one more is closed at once"
     )
+    balance_interval_s: float = Field(
+        ge=0,
+        description="entry workers compare their connection counts this often; one over its "
+        "share closes a keep-alive connection after a response (fix 10; 0: never)",
+    )
 
 
 class ReloadConfig(Strict):

@@ -36,6 +36,7 @@ def server(trained, tmp_path_factory) -> Iterator[Server]:
                 "body_timeout_s": DEADLINE_S,
                 "keep_alive_s": 5,
                 "max_connections": 1000,
+                "balance_interval_s": 0.5,
             },  # fmt: skip
         ),
     }

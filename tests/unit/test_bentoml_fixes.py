@@ -30,6 +30,7 @@ import aiohttp
 import bentoml
 import pytest
 import uvicorn
+import uvloop
 from _bentoml_impl.client.proxy2 import RemoteProxy, SessionManager
 from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.method import APIMethod
@@ -49,6 +50,7 @@ from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving import bentoml_fixes as fixes
+from serving.balance import ConnectionShare
 from serving.guard import Admission
 from serving.settings import ConnectionsConfig
 
@@ -815,7 +817,9 @@ def test_8_patched_headers_read_them_once_and_say_the_same(monkeypatch) -> None:
 
 
 # --- 9: connections that hold a worker -----------------------------------------------------
-SLOW = ConnectionsConfig(header_timeout_s=0.3, body_timeout_s=5, keep_alive_s=1, max_connections=3)
+SLOW = ConnectionsConfig(
+    header_timeout_s=0.3, body_timeout_s=5, keep_alive_s=1, max_connections=3, balance_interval_s=0
+)
 HEAD = b"GET / HTTP/1.1\r\nHost: probe\r\n"
 
 
@@ -945,3 +949,65 @@ def test_9_a_request_not_admitted_gets_503_before_the_app() -> None:
     assert b'"error":"overloaded' in refused
     assert probe.startswith(b"HTTP/1.1 200 ") and probe.endswith(b"ok")  # the app answered
     assert admission.refused == 1
+
+
+# --- 10: connections spread unevenly over the entry workers --------------------------------
+def test_10_one_turn_of_a_worker_accepts_several_waiting_connections() -> None:
+    """The mechanism: connections waiting on the socket that the workers share are accepted
+    several at a time by whichever worker's loop (uvloop, as BentoML's) turns first, so
+    clients that connect at once land together."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(8)]
+    made: list[asyncio.BaseTransport] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+            asyncio.get_running_loop().stop()  # after this turn of the loop
+
+    loop = uvloop.new_event_loop()
+    try:
+        server = loop.run_until_complete(loop.create_server(Probe, sock=listener))
+        loop.run_forever()
+        assert len(made) > 1, "one connection a turn: the workers would take turns"
+        server.close()
+    finally:
+        loop.close()
+        for client in clients:
+            client.close()
+
+
+def test_10_a_worker_over_its_share_closes_one_connection_after_its_response(tmp_path) -> None:
+    limits = SLOW.model_copy(update={"max_connections": 10})
+    (tmp_path / "2").write_text("0")  # the other worker: no connection
+    share = ConnectionShare(tmp_path, workers=2, interval_s=60, pid=1)
+
+    async def scenario() -> list[bytes]:
+        async with _uvicorn(fixes.deadline_protocol(limits, share=share)) as port:
+            streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await asyncio.sleep(0.1)  # both accepted: 2 here, a share of 1 each
+            answers = []
+            for reader, writer in streams:
+                writer.write(HEAD + b"\r\n")
+                answers.append(await asyncio.wait_for(reader.read(4096), 2))
+            for _, writer in streams:
+                writer.close()
+            return answers
+
+    first, second = asyncio.run(scenario())
+    assert first.startswith(b"HTTP/1.1 200 ") and b"connection: close\r\n" in first.lower()
+    assert second.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in second.lower()
+    assert (tmp_path / "1").read_text() == "2"  # what the other workers read of this one
+
+
+def test_10_counts_of_idle_or_dead_workers_do_not_count(tmp_path) -> None:
+    other = tmp_path / "2"
+    other.write_text("6")
+    share = ConnectionShare(tmp_path, workers=2, interval_s=0.01, pid=1)
+    assert not share.should_close(4)  # 4 of 10: under its share of 5
+    old = time.time() - 1
+    os.utime(other, (old, old))  # the other worker wrote nothing for 100 intervals
+    time.sleep(0.02)
+    assert [share.should_close(4) for _ in range(3)] == [True, True, False]  # 4 of 4: share 2
