@@ -69,7 +69,7 @@ LIMITS_OFF = {
     "admission": {"max_in_flight": OUT_OF_REACH, "retry_after_s": 1},
     "connections": {
         "header_timeout_s": OUT_OF_REACH, "body_timeout_s": OUT_OF_REACH, "keep_alive_s": 5,
-        "max_connections": OUT_OF_REACH,
+        "max_connections": OUT_OF_REACH, "balance_interval_s": 0,
     },
 }  # fmt: skip
 

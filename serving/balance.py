@@ -47,8 +47,8 @@ class ConnectionShare:
         return share
 
     def should_close(self, mine: int) -> bool:
-        """Whether to close one of this worker's `mine` connections after its response; each
-        True counts as one connection gone until the next refresh."""
+        """Whether to close one of this worker's `mine` connections after its response: once
+        an interval at most, while it holds more than its share."""
         now = time.monotonic()
         if now - self._refreshed_at >= self.interval_s:
             self._refresh(mine, now)
@@ -63,7 +63,10 @@ class ConnectionShare:
         partial.write_text(str(mine))
         partial.replace(self.path)  # a reader sees a whole count
         total = mine + sum(self._others_counts())
-        self._excess = mine - math.ceil(total / self.workers)
+        # One close an interval at most: under overload a burst of reconnections waits in
+        # the busy workers' accept queues, and clients time out (1,360 of 1,024 clients at
+        # once in 20 s, against none without; docs/performance.md, round 6).
+        self._excess = min(1, mine - math.ceil(total / self.workers))
 
     def _others_counts(self) -> list[int]:
         fresh_after = time.time() - STALE_INTERVALS * self.interval_s
