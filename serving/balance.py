@@ -21,9 +21,10 @@ import atexit
 import contextlib
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from serving.reload import server_file, write_whole
 
 STALE_INTERVALS = 4  # a worker's count older than this many intervals is not counted
 
@@ -40,7 +41,7 @@ class ConnectionShare:
     @classmethod
     def of_this_worker(cls, workers: int, interval_s: float) -> ConnectionShare:
         """In a worker: the files of the `bentoml serve` process that started it."""
-        directory = Path(tempfile.gettempdir()) / f"gamerec-connections-{os.getppid()}"
+        directory = server_file("gamerec-connections")
         directory.mkdir(exist_ok=True)
         share = cls(directory, workers, interval_s, os.getpid())
         atexit.register(share.path.unlink, missing_ok=True)
@@ -59,9 +60,7 @@ class ConnectionShare:
 
     def _refresh(self, mine: int, now: float) -> None:
         self._refreshed_at = now
-        partial = self.path.with_name(f".{self.path.name}.tmp")
-        partial.write_text(str(mine))
-        partial.replace(self.path)  # a reader sees a whole count
+        write_whole(self.path, str(mine))
         total = mine + sum(self._others_counts())
         # One close an interval at most: under overload a burst of reconnections waits in
         # the busy workers' accept queues, and clients time out (1,360 of 1,024 clients at

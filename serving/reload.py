@@ -19,6 +19,20 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+def server_file(prefix: str, server_pid: int | None = None) -> Path:
+    """A path that the processes of one `bentoml serve` share: named after that process, the
+    parent of every worker (by default this worker's)."""
+    return Path(tempfile.gettempdir()) / f"{prefix}-{server_pid or os.getppid()}"
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Atomically: a reader sees the old text or the new one, never part of it. No fsync: the
+    files of a running server only, read again within a second."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 class WantedModel:
     """The tag the last reload asked for, in a file of one server's processes."""
 
@@ -27,7 +41,7 @@ class WantedModel:
 
     @classmethod
     def of_server(cls, server_pid: int) -> WantedModel:
-        return cls(Path(tempfile.gettempdir()) / f"gamerec-wanted-model-{server_pid}")
+        return cls(server_file("gamerec-wanted-model", server_pid))
 
     @classmethod
     def of_this_worker(cls) -> WantedModel:
@@ -41,10 +55,7 @@ class WantedModel:
             return None
 
     def write(self, tag: str) -> None:
-        """Atomically: a reader sees the old tag or the new one, never part of it."""
-        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        partial.write_text(tag)
-        partial.replace(self.path)
+        write_whole(self.path, tag)
 
     def forget(self) -> None:
         """At a server's start: a file left by an earlier server of the same process id."""
