@@ -43,7 +43,7 @@ build: install
 	$(VENV)/bin/bentoml build
 
 # Container image with buildah on a local Debian base image, no Docker daemon or registry
-# (root; apt-get install buildah debootstrap). BENTO=name:version containerizes that Bento
+# (root; apt-get install buildah mmdebstrap). BENTO=name:version containerizes that Bento
 # instead of building one; IMAGE=... smoke-tests another image. See README "Container image".
 image: install
 	BENTOML=$(VENV)/bin/bentoml PYTHON=$(PY) scripts/image.sh build $(BENTO)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from training.config import EvalConfig, SplitConfig
@@ -193,13 +194,25 @@ def item_knn_scorer(histories: Histories, train: sp.csr_matrix) -> Scorer:
 
 
 def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE (Steck, 2019): closed-form item-item weights with a zero diagonal."""
-    gram = (train.T @ train).toarray().astype(np.float64)
+    """EASE (Steck, 2019): closed-form item-item weights with a zero diagonal.
+
+    Fitted over the games with a training play only: a game without one has a zero row and
+    column in the Gram matrix, so its weights are zero either way, and the inverse costs the
+    cube of the games fitted. The Gram matrix plus λI is positive definite: inverted through
+    its Cholesky factor, in half the time of a general inverse."""
+    played = np.flatnonzero(train.getnnz(axis=0))
+    fitted = train[:, played]
+    gram = (fitted.T @ fitted).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
-    precision = np.linalg.inv(gram)
-    weights = -precision / np.diag(precision)
-    weights[np.diag_indices_from(weights)] = 0.0
-    return weights.astype(np.float32)
+    factor, failed = scipy.linalg.lapack.dpotrf(gram, lower=False, overwrite_a=True)
+    precision, failed = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
+    assert failed == 0, f"EASE's Gram matrix + λ={lam} is not positive definite"
+    precision = np.triu(precision) + np.triu(precision, 1).T  # dpotri fills the upper half
+    fitted_weights = -precision / np.diag(precision)
+    fitted_weights[np.diag_indices_from(fitted_weights)] = 0.0
+    weights = np.zeros((train.shape[1], train.shape[1]), np.float32)
+    weights[np.ix_(played, played)] = fitted_weights
+    return weights
 
 
 def ease_scorer(histories: Histories, weights: np.ndarray) -> Scorer:

@@ -1,7 +1,7 @@
 """The container image: `scripts/image.sh build` then `scripts/image.sh smoke`, as `make image`
 and `make image-smoke` run them, on a Bento of the session's small trained model.
 
-Minutes the first time: the Debian base image is made once (debootstrap) and the Python
+Minutes the first time: the Debian base image is made once (mmdebstrap) and the Python
 environment's layers are cached in the buildah storage (/var/lib/gamerec-image); then about
 half a minute, as long as the Bento's requirements stay the same.
 """
@@ -25,9 +25,9 @@ NAME = "gamerec-test"  # not the `make image` name, whose images the test leaves
 def _why_not() -> str | None:
     if os.geteuid() != 0:
         return "needs root (buildah with chroot isolation)"
-    missing = [tool for tool in ("buildah", "debootstrap") if shutil.which(tool) is None]
+    missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
-        return f"{' and '.join(missing)} not installed (apt-get install buildah debootstrap)"
+        return f"{' and '.join(missing)} not installed (apt-get install buildah mmdebstrap)"
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from tests.conftest import config_section
 from training import evaluate
@@ -47,3 +48,17 @@ def test_a_wide_catalog_is_scored_a_few_users_at_a_time(monkeypatch):
     chunked = ranking_metrics(scorer, histories, split.test, [10])
     assert widths[0] == 1 and max(widths[1:]) == 7  # the first call measures the catalog
     assert chunked == whole
+
+
+def test_ease_weights_are_the_closed_form_and_zero_for_unplayed_games():
+    """Fitted over the played games only, through a Cholesky inverse: the same weights as
+    Steck's closed form over the whole catalog, B = I - P / diag(P), P = (XᵀX + λI)⁻¹."""
+    rng = np.random.default_rng(0)
+    plays = (rng.random((300, 40)) < 0.15).astype(np.float32)
+    plays[:, [5, 31]] = 0.0  # two games nobody played
+    lam = 20.0
+    precision = np.linalg.inv(plays.T.astype(np.float64) @ plays + lam * np.eye(40))
+    expected = np.eye(40) - precision / np.diag(precision)
+    weights = evaluate.ease_weights(sp.csr_matrix(plays), lam)
+    np.testing.assert_allclose(weights, expected, atol=1e-6)
+    assert not weights[[5, 31]].any() and not weights[:, [5, 31]].any()
