@@ -204,9 +204,11 @@ def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     fitted = train[:, played]
     gram = (fitted.T @ fitted).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
-    factor, failed = scipy.linalg.lapack.dpotrf(gram, lower=False, overwrite_a=True)
-    precision, failed = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
-    assert failed == 0, f"EASE's Gram matrix + λ={lam} is not positive definite"
+    factor, info = scipy.linalg.lapack.dpotrf(gram, lower=False, overwrite_a=True)
+    if info == 0:
+        precision, info = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise ValueError(f"EASE's Gram matrix + λ={lam} is not positive definite (LAPACK {info})")
     precision = np.triu(precision) + np.triu(precision, 1).T  # dpotri fills the upper half
     fitted_weights = -precision / np.diag(precision)
     fitted_weights[np.diag_indices_from(fitted_weights)] = 0.0
