@@ -28,7 +28,7 @@ from tqdm import tqdm
 from index import IndexReport, build_and_measure, measure_recall
 from index.config import ApproximateType
 from training.config import load_training_config
-from training.linear_init import with_linear_part
+from training.ease_start import with_ease_start
 from training.towers import output_dim
 
 # Issue 17's targets: catalog size -> (recall@10 at least, ms per query at most).
@@ -100,8 +100,8 @@ class Result:
 
 def run_size(n: int, families: list[str], queries_per_set: int, seed: int) -> list[Result]:
     """auto on one catalog of `n` games, once per approximate family, side by side."""
-    settings = with_linear_part(load_training_config(), n, streamed=False)
-    dim = output_dim(settings.model)  # as trained at this size (no linear part past EASE's)
+    settings = with_ease_start(load_training_config(), n, streamed=False)
+    dim = output_dim(settings.model)  # as trained at this size (512 + 1 while EASE starts it)
     target_recall, _ = TARGETS.get(n, (settings.index.recall_target, None))
     catalog = synthetic_catalog(n, dim, seed)
     queries = player_queries(catalog, queries_per_set, seed + 1)

@@ -7,7 +7,7 @@ reads its plays in batches of row groups; each step's time and peak resident mem
         --out /tmp/synth-20m --steps 100
     # `gamerec train` end to end, streamed and in memory, on the same data
     python -m benchmarks.stream compare --out /tmp/synth-default --epochs 5 \\
-        --modes always never --set model.linear_rank=0
+        --modes always never --set model.start_from_ease=false
 
 `scale` measures what a whole epoch of a large data set would take where it takes hours here:
 the two passes before training (the scan, the held-out players), one full epoch of the data

@@ -75,10 +75,17 @@ class ModelConfig(Strict):
         "(true), or is its id embedding alone (false: the metadata places only new games)"
     )
     embedding_dim: int = Field(ge=4)
-    linear_rank: int = Field(
-        ge=0,
-        description="additive dot_bias towers: the width of the frozen low-rank EASE part "
-        "mixed into the scores after training (training/linear_init.py); 0: none",
+    start_from_ease: bool = Field(
+        description="additive dot_bias towers: the game tables start at EASE's factors "
+        "(training/ease_start.py), where EASE can be fitted; false: a random start",
+    )
+    embedding_dim_from_ease: int = Field(
+        ge=4,
+        description="the embedding's width (and EASE's rank) for towers that start from EASE, "
+        "in place of `embedding_dim`",
+    )
+    ease_init_scale: float = Field(
+        gt=0, description="EASE's factors are multiplied by its square root, each"
     )
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]
@@ -111,6 +118,9 @@ class TrainConfig(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=2, description="examples a step, over all ranks together")
     learning_rate: float = Field(gt=0)
+    learning_rate_from_ease: float = Field(
+        gt=0, description="the learning rate of towers that start from EASE (model.start_from_ease)"
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
         description="cosine: anneal to zero over `epochs`"
     )
@@ -119,16 +129,14 @@ class TrainConfig(Strict):
         gt=0, lt=1, description="share of a user's games hidden from the input as targets"
     )
     patience: int = Field(ge=1, description="epochs without validation gain before stopping")
+    patience_from_ease: int = Field(
+        ge=1, description="`patience` for towers that start from EASE (model.start_from_ease)"
+    )
     item_id_dropout: float = Field(
         ge=0,
         lt=1,
         description="share of games whose id embedding a training batch drops, so that the "
         "item tower learns to place a game from its genres and tags alone (new games)",
-    )
-    linear_mixes: list[float] = Field(
-        min_length=1,
-        description="model.linear_rank > 0: the linear part's shares α tried after training, "
-        "the best on the validation players kept (0: the learned towers alone)",
     )
 
 

@@ -15,10 +15,10 @@ from training import distributed
 from training.config import EvalConfig, TrainingSettings
 from training.data.io import open_dataset
 from training.data.stream import TrainingPlays, training_plays
+from training.ease_start import with_ease_start
 from training.evaluate import Split, baseline_table, popularity_scorer, ranking_metrics
 from training.features import Vocabulary
 from training.histories import Histories
-from training.linear_init import with_linear_part
 from training.report import chart_png, format_table
 from training.store import ModelArtifacts, save_model
 from training.train import (
@@ -70,7 +70,7 @@ def run(
     vocab = Vocabulary.from_games_table(dataset.games_table)
     started = time.perf_counter()
     plays = training_plays(dataset, vocab, settings, progress)
-    settings = with_linear_part(settings, len(vocab.game_ids), plays.stream is not None)
+    settings = with_ease_start(settings, len(vocab.game_ids), plays.stream is not None)
     data_seconds = time.perf_counter() - started
     histories, split = plays.histories, plays.split
     trained = train_two_tower(
@@ -80,8 +80,9 @@ def run(
         return None
 
     items = catalog_with_plays(dataset.games_table, vocab, plays.train_counts, settings.features)
-    # The linear part's EASE was tuned on the same validation players: its λ is EASE's.
-    table = baselines(plays, len(vocab.game_ids), settings.eval, trained.linear.get("ease_lambda"))
+    # The start's EASE was tuned on the same validation players: its λ is the baseline's.
+    lam = trained.ease_start.get("ease_lambda")
+    table = baselines(plays, len(vocab.game_ids), settings.eval, lam)
     scorer = tower_scorer(trained.towers, histories, split.test, items, settings)
     table[TWO_TOWER] = ranking_metrics(scorer, histories, split.test, settings.eval.ks)
 
@@ -99,7 +100,7 @@ def run(
             "streamed": plays.stream is not None,
             "data_seconds": round(data_seconds, 1),  # reading the plays (streamed: both passes)
             "epochs": trained.epochs,
-            "linear_part": trained.linear,
+            "ease_start": trained.ease_start,
             "machine": platform.platform(),
         },
         "split": {
@@ -137,8 +138,14 @@ def summary(result: PipelineResult) -> str:
                 f"Test users: {m['split']['test_users']} (data set: {result.artifacts.dataset})",
             ),
             f"\ntraining: {m['training']['seconds']} s, best epoch {m['training']['best_epoch']}, "
-            f"loss {m['training']['loss']}",
+            f"loss {m['training']['loss']}, {_start(m['training'].get('ease_start'))}",
             index_report.summary(),
             *filter(None, [index_report.warning()]),
         ]
     )
+
+
+def _start(ease_start: dict[str, float] | None) -> str:
+    if not ease_start:
+        return "started at random"
+    return f"started from EASE (rank {ease_start['rank']}, λ={ease_start['ease_lambda']:g})"

@@ -187,8 +187,10 @@ ADDED_SETTINGS = {
     ("model", "item_metadata"): True,
     ("train", "item_id_dropout"): 0.0,
     ("model", "metadata_for_played"): True,
-    ("model", "linear_rank"): 0,
-    ("train", "linear_mixes"): [0.0],
+    ("model", "start_from_ease"): False,  # started at random; the two below change nothing then
+    ("model", "ease_init_scale"): 30.0,
+    ("train", "learning_rate_from_ease"): 1e-4,
+    ("train", "patience_from_ease"): 10,
     # Older models have a concrete index.type, which none of these change; only the target's
     # check (a warning on a rebuild below it) is new.
     ("index", "recall_target"): 0.95,
@@ -204,8 +206,25 @@ ADDED_SETTINGS = {
 }
 
 
+# Settings removed since, with the value that makes a model stored with them read as it is now.
+# A model whose value differs was made differently and cannot be served by this code.
+REMOVED_SETTINGS = {
+    # The frozen low-rank EASE part mixed into the scores (2026-11 to 2026-12-01): gone, as the
+    # product's ranking is the trained two-tower's alone (issue 15).
+    ("model", "linear_rank"): 0,
+    ("train", "linear_mixes"): [0.0],
+}
+
+
 def _read_settings(path: Path) -> TrainingSettings:
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for (section, name), value in REMOVED_SETTINGS.items():
+        section_raw = raw.get(section) if isinstance(raw, dict) else None
+        if isinstance(section_raw, dict) and section_raw.pop(name, value) != value:
+            raise ValueError(
+                f"{section}.{name} is set: the model was trained by an older GameRec with "
+                "a part this one no longer has; train a new one (`gamerec train`)"
+            )
     for (section, name), value in ADDED_SETTINGS.items():
         if isinstance(raw, dict) and isinstance(raw.get(section), dict):
             raw[section].setdefault(name, value)

@@ -16,12 +16,10 @@ Two scorings (`model.scoring`):
 - `dot_bias`: raw outputs and a per-game bias, carried as one extra dimension of each vector
   (user [u, 1], game [v, b]), so the inner product is u·v + b. In the additive tower the
   genres and tags carry a share of the bias too (their tables' last column).
-A linear part (`model.linear_rank` > 0, additive dot_bias towers only): frozen low-rank
-factors of EASE's item-item weights (training/linear_init.py), a user's vector p the sum of
-the played games' rows of P, a game's q its row of Q. Training learns the towers alone; then
-each user's two scores are standardized over the catalog and mixed, (1-α)·z_learned + α·z_linear,
-which stays one inner product: user [(1-α)/σ·u, α/σ'·p, (1-α)/σ], game [v, q, b], σ and σ' the
-spreads of the user's scores over the games (from the games' covariance, `mix_linear`).
+A start from EASE (`model.start_from_ease`, additive dot_bias towers only): the played-games
+table and the game-id table start at factors of EASE's item-item weights of the embedding's
+rank (training/ease_start.py, `start_from`), so that training begins where the closed-form
+linear model ends; the softmax then trains every weight.
 """
 
 from __future__ import annotations
@@ -34,15 +32,16 @@ from training.config import ModelConfig
 from training.features import N_DENSE, ItemBatch, UserBatch
 
 
-def linear_rank(cfg: ModelConfig) -> int:
-    """The linear part's width: `model.linear_rank` for additive dot_bias towers, else 0."""
-    return cfg.linear_rank if cfg.tower == "additive" and cfg.scoring == "dot_bias" else 0
+def starts_from_ease(cfg: ModelConfig) -> bool:
+    """`model.start_from_ease` where it applies: additive dot_bias towers, whose score is the
+    inner product of summed game rows, as EASE's is."""
+    return cfg.start_from_ease and cfg.tower == "additive" and cfg.scoring == "dot_bias"
 
 
 def output_dim(cfg: ModelConfig) -> int:
-    """The size of the towers' outputs, which is the index's dimension: the learned part, the
-    linear part, the bias."""
-    return cfg.embedding_dim + linear_rank(cfg) + (cfg.scoring == "dot_bias")
+    """The size of the towers' outputs, which is the index's dimension: the embedding, the
+    bias."""
+    return cfg.embedding_dim + (cfg.scoring == "dot_bias")
 
 
 def _mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -59,12 +58,6 @@ def _bag(
 ) -> torch.Tensor:
     """Weighted sum of a table's rows per bag; an empty bag gives zeros."""
     return F.embedding_bag(values, table, offsets, mode="sum", per_sample_weights=weights)
-
-
-def _spread(vectors: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
-    """Per row u, the standard deviation of u·v over games v with this covariance."""
-    variance = ((vectors @ covariance) * vectors).sum(dim=1, keepdim=True)
-    return variance.clamp_min(1e-12).sqrt()
 
 
 class TwoTower(nn.Module):
@@ -102,14 +95,6 @@ class TwoTower(nn.Module):
         if self.metadata_bias:  # the bias starts at zero, as the id bias does
             for table in (self.item_genres, self.item_tags):
                 nn.init.zeros_(table.weight[:, -1])
-        self.linear_rank = linear_rank(cfg)
-        if self.linear_rank:  # buffers: the optimizer never sees them, the state dict has them
-            r = self.linear_rank
-            self.register_buffer("linear_users", torch.zeros(n_games, r))
-            self.register_buffer("linear_items", torch.zeros(n_games, r))
-            self.register_buffer("linear_mix", torch.zeros(()))  # α; 0: learned scores alone
-            self.register_buffer("learned_cov", torch.zeros(d + 1, d + 1))
-            self.register_buffer("linear_cov", torch.zeros(r, r))
 
     def forward(self, users: UserBatch, items: ItemBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Both towers at once (what DistributedDataParallel wraps): users' and games' outputs."""
@@ -132,17 +117,7 @@ class TwoTower(nn.Module):
             user = games + achievements + genres + self.user_dense(dense)
         if self.cfg.scoring == "cosine":
             return F.normalize(user, dim=1)
-        learned = torch.cat([user, torch.ones(len(user), 1)], dim=1)
-        if not self._linear_in_output():
-            return learned
-        linear = _bag(self.linear_users, x.game_positions, x.game_offsets, x.game_weights)
-        alpha = self.linear_mix
-        if alpha > 0:
-            learned = learned * (1 - alpha) / _spread(learned, self.learned_cov)
-            linear = linear * alpha / _spread(linear, self.linear_cov)
-        else:
-            linear = torch.zeros_like(linear)
-        return torch.cat([learned[:, :-1], linear, learned[:, -1:]], dim=1)
+        return torch.cat([user, torch.ones(len(user), 1)], dim=1)
 
     def item_embed(self, x: ItemBatch) -> torch.Tensor:
         known = x.known.unsqueeze(1).float()
@@ -164,29 +139,11 @@ class TwoTower(nn.Module):
         if self.cfg.scoring == "cosine":
             return F.normalize(item, dim=1)
         bias = self.item_bias(x.positions) * known + metadata_bias
-        if not self._linear_in_output():
-            return torch.cat([item, bias], dim=1)
-        return torch.cat([item, self.linear_items[x.positions] * known, bias], dim=1)
-
-    def _linear_in_output(self) -> bool:
-        """Whether the outputs carry the linear part's columns: always in eval mode (the
-        layout the index and the server use), and in training only once it is mixed in.
-        Before that they are zeros, and leaving them out halves the full softmax's work."""
-        return self.linear_rank > 0 and (not self.training or bool(self.linear_mix > 0))
+        return torch.cat([item, bias], dim=1)
 
     @torch.no_grad()
-    def mix_linear(
-        self, user_games: torch.Tensor, item_ids: torch.Tensor, alpha: float, items: ItemBatch
-    ) -> None:
-        """Set the linear part's factors and its share α; the spreads of the scores come from
-        the covariance of the catalog's vectors (`items`, the games a player can be shown)."""
-        self.linear_users.copy_(user_games)
-        self.linear_items.copy_(item_ids)
-        self.linear_mix.fill_(alpha)
-        training, _ = self.training, self.eval()  # the served layout, linear columns included
-        vectors = self.item_embed(items)
-        self.train(training)
-        d, r = self.cfg.embedding_dim, self.linear_rank
-        learned = torch.cat([vectors[:, :d], vectors[:, -1:]], dim=1)
-        self.learned_cov.copy_(torch.cov(learned.T))
-        self.linear_cov.copy_(torch.cov(vectors[:, d : d + r].T).reshape(r, r))
+    def start_from(self, user_games: torch.Tensor, item_ids: torch.Tensor) -> None:
+        """Set the played-games and game-id tables: the start of training, which then changes
+        them too."""
+        self.user_games.weight.copy_(user_games)
+        self.item_ids.weight.copy_(item_ids)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from training import distributed
 from training.config import FeatureConfig, TrainingSettings
 from training.data.stream import PlayStream
+from training.ease_start import start_from_ease, with_ease_start
 from training.evaluate import EvalSet, Scorer, Split, ranking_metrics
 from training.features import (
     EncodedUser,
@@ -32,9 +33,8 @@ from training.features import (
     with_known,
 )
 from training.histories import Histories, genre_matrix, top_genres
-from training.linear_init import choose_mix, ease_factors, with_linear_part
 from training.retrieval import RetrievalTask, TrainingBatch
-from training.towers import TwoTower, output_dim
+from training.towers import TwoTower, output_dim, starts_from_ease
 
 
 @dataclass
@@ -45,7 +45,7 @@ class TrainResult:
     seconds: float
     loss_kind: str
     epochs: list[dict[str, float]] = field(default_factory=list)
-    linear: dict[str, float] = field(default_factory=dict)  # the linear part's fit, if any
+    ease_start: dict[str, float] = field(default_factory=dict)  # EASE's fit, if it started
 
 
 def seed_everything(seed: int, threads: int) -> np.random.Generator:
@@ -205,6 +205,23 @@ class StreamedExampleSampler:
             yield ExampleSampler(buffer, users, self.genres_of_games, self.s, self.rng).batch(users)
 
 
+def parameter_groups(
+    towers: TwoTower, settings: TrainingSettings, from_ease: bool
+) -> list[dict[str, object]]:
+    """The optimizer's parameters: the game tables that start from EASE learn at
+    `train.learning_rate_from_ease` (at the random start's rate, they leave EASE's ranking
+    behind in a few epochs); every other weight, the metadata that places new games and the
+    biases among them, starts at random and learns at `train.learning_rate`."""
+    if not from_ease:
+        return [{"params": list(towers.parameters())}]
+    started = [towers.user_games.weight, towers.item_ids.weight]
+    others = [p for p in towers.parameters() if all(p is not s for s in started)]
+    return [
+        {"params": started, "lr": settings.train.learning_rate_from_ease},
+        {"params": others},
+    ]
+
+
 def train_two_tower(
     histories: Histories,
     split: Split,
@@ -222,7 +239,7 @@ def train_two_tower(
     ends with the same weights."""
     ranks = distributed.current()
     progress = progress and ranks.is_main
-    settings = with_linear_part(settings, len(vocab.game_ids), stream is not None)
+    settings = with_ease_start(settings, len(vocab.game_ids), stream is not None)
     if stream is None:
         train_counts = histories.play_counts(split.train_users, len(vocab.game_ids))
     else:
@@ -232,6 +249,11 @@ def train_two_tower(
     if ranks.world > 1:  # the same initial weights (seeded above), different examples
         rng = np.random.default_rng([settings.train.seed, ranks.rank])
     towers = TwoTower(len(vocab.game_ids), len(vocab.genres), len(vocab.tags), settings.model)
+    started = time.perf_counter()
+    from_ease = starts_from_ease(settings.model)
+    ease_start = {}
+    if from_ease and ranks.is_main:  # the other ranks get rank 0's weights when DDP wraps them
+        ease_start = start_from_ease(towers, histories, split, settings)
     genres_of_games = genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres))
     if stream is None:
         train_users = split.train_users[histories.lengths()[split.train_users] > 0]
@@ -243,7 +265,7 @@ def train_two_tower(
     task = RetrievalTask(settings, items, train_counts, rng)
     model = distributed.wrap(towers)
     optimizer = torch.optim.AdamW(
-        towers.parameters(),
+        parameter_groups(towers, settings, from_ease),
         lr=settings.train.learning_rate,
         weight_decay=settings.train.weight_decay,
         # One fused kernel over all parameters: AdamW's step over 51M parameters (100,000
@@ -254,9 +276,15 @@ def train_two_tower(
     if settings.train.lr_schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.train.epochs)
     result = TrainResult(
-        towers, best_epoch=-1, best_validation=-1.0, seconds=0.0, loss_kind=task.kind
+        towers,
+        best_epoch=-1,
+        best_validation=-1.0,
+        seconds=0.0,
+        loss_kind=task.kind,
+        ease_start=ease_start,
     )
-    best_state, started = None, time.perf_counter()
+    best_state = None
+    patience = settings.train.patience_from_ease if from_ease else settings.train.patience
 
     def validate(epoch: int, loss: float) -> bool:
         """Record the epoch, keep the weights if best on validation; False: time to stop."""
@@ -272,7 +300,7 @@ def train_two_tower(
         if recall > result.best_validation:
             result.best_validation, result.best_epoch = recall, epoch
             best_state = copy.deepcopy(towers.state_dict())
-        return epoch - result.best_epoch < settings.train.patience
+        return epoch - result.best_epoch < patience
 
     # train.batch_size is the global batch: each of the ranks takes its share of it.
     bs = max(1, settings.train.batch_size // ranks.world)
@@ -304,18 +332,5 @@ def train_two_tower(
     if best_state is not None:
         towers.load_state_dict(best_state)
     towers.eval()
-    if towers.linear_rank and ranks.is_main:
-        result.linear = choose_mix(
-            towers,
-            ease_factors(histories, split, len(vocab.game_ids), settings),
-            items,
-            settings.train.linear_mixes,
-            lambda: ranking_metrics(
-                tower_scorer(towers, histories, split.validation, items, settings),
-                histories,
-                split.validation,
-                [10],
-            ),
-        )
     result.seconds = time.perf_counter() - started
     return result

@@ -182,3 +182,19 @@ def test_a_model_saved_before_the_tower_settings_existed_loads_as_it_was(tmp_pat
     loaded = load_model_dir(path, tag="older")
     assert (loaded.settings.model.tower, loaded.settings.model.scoring) == ("mlp", "cosine")
     assert loaded.settings.loss.kept_weight == 0.0
+
+
+def test_a_model_with_a_removed_part_is_refused_by_name_and_without_it_loads(tmp_path: Path):
+    """A model stored with the frozen EASE part (removed, `REMOVED_SETTINGS`) cannot be served
+    by this code, and says so; one stored with the part off reads as today's."""
+    tag = save_model(tiny_artifacts())
+    path = tmp_path / "model"
+    shutil.copytree(bentoml.models.get(tag).path, path)
+    config = yaml.safe_load((path / "training.yaml").read_text())
+    config["model"]["linear_rank"], config["train"]["linear_mixes"] = 0, [0.0]
+    (path / "training.yaml").write_text(yaml.safe_dump(config))
+    assert load_model_dir(path, tag="older").settings.model.embedding_dim == 8
+    config["model"]["linear_rank"] = 256
+    (path / "training.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelIntegrityError, match="model.linear_rank is set.*gamerec train"):
+        load_model_dir(path, tag="older")

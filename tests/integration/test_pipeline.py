@@ -119,8 +119,10 @@ def test_additive_towers_with_a_game_bias_learn_and_serve_what_they_evaluate(sma
     table = result.table
     assert table["two-tower"]["recall@10"] > 1.3 * table["popularity"]["recall@10"], table
     stored = load_model(result.tag)
-    # user [u, p, 1], game [v, q, b]: the learned part, the linear part, the bias
-    assert stored.index.d == settings.model.embedding_dim + settings.model.linear_rank + 1
+    # user [u, 1], game [v, b]: the embedding (as wide as trained), the bias
+    trained_width = result.artifacts.settings.model.embedding_dim
+    assert trained_width == settings.model.embedding_dim_from_ease  # it started from EASE
+    assert stored.index.d == stored.settings.model.embedding_dim + 1 == trained_width + 1
     assert stored.metrics["index"]["recall_at_10"] == 1.0
     records = _records(result)
     in_memory = Recommender(result.artifacts).recommend(records, k=10)
@@ -149,10 +151,12 @@ def test_unknown_model_tag_says_how_to_make_one():
         load_model("gamerec:doesnotexist")
 
 
-def test_the_linear_part_is_mixed_in_at_the_alpha_chosen_on_validation(trained):
-    linear = trained.artifacts.metrics["training"]["linear_part"]
-    towers = trained.train.towers
-    assert linear["alpha"] in trained.artifacts.settings.train.linear_mixes
-    assert float(towers.linear_mix) == linear["alpha"]
-    assert linear["ease_lambda"] in trained.artifacts.settings.eval.ease_lambdas
-    assert towers.linear_items.abs().sum() > 0  # the EASE factors are in the towers
+def test_training_starts_from_ease_with_the_baselines_lambda(trained):
+    """The default towers start at EASE's factors, its λ tuned on the validation players and
+    the EASE baseline's λ too."""
+    training = trained.artifacts.metrics["training"]
+    settings = trained.artifacts.settings
+    assert settings.model.start_from_ease
+    assert training["ease_start"]["ease_lambda"] in settings.eval.ease_lambdas
+    assert training["ease_start"]["ease_lambda"] == trained.table["ease"]["lambda"]
+    assert training["ease_start"]["rank"] == settings.model.embedding_dim

@@ -32,7 +32,7 @@ GAMES = pd.DataFrame(
     }
 )
 VOCAB = Vocabulary.from_games_table(GAMES)
-ADDITIVE = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 6, "linear_rank": 0}
+ADDITIVE = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 6}
 FEATURES = config_section("features", history_norm="l2", history_weight="binary")
 
 

@@ -1,0 +1,113 @@
+"""Training's start from EASE: the towers' game tables at low-rank EASE factors
+(training/ease_start.py), so that the untrained towers already rank as the closed-form model
+does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import config_section
+from tests.unit.test_towers import FEATURES, GAMES, VOCAB
+from training.config import load_training_config, with_overrides
+from training.ease_start import ease_factors, start_from_ease, with_ease_start
+from training.evaluate import EvalSet, Split, ease_weights, train_matrix
+from training.features import UserRecord, catalog_items, collate_users, encode_record
+from training.histories import Histories
+from training.towers import TwoTower, starts_from_ease
+from training.train import parameter_groups
+
+MODEL = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 4, "start_from_ease": True}
+# Four players over the four games of the towers' tests; everyone trains.
+PLAYS = pd.DataFrame(
+    {
+        "user_id": ["a", "a", "b", "b", "b", "c", "c", "d"],
+        "game_id": ["g_0", "g_1", "g_1", "g_2", "g_3", "g_0", "g_3", "g_2"],
+        "minutes_played": [10.0] * 8,
+        "achievements": [0] * 8,
+    }
+)
+
+
+def histories_and_split() -> tuple[Histories, Split]:
+    histories = Histories.from_interactions(PLAYS, VOCAB)
+    nobody = EvalSet(users=np.zeros(0, np.int64), inputs=[], targets=[])
+    return histories, Split(train_users=np.arange(4), validation=nobody, test=nobody)
+
+
+def settings_with(**model: object):
+    return with_overrides(
+        load_training_config(),
+        {**{f"model.{k}": v for k, v in {**MODEL, **model}.items()}, "eval.ease_lambdas": [1.0]},
+    )
+
+
+def test_the_factors_are_ease_at_full_rank():
+    histories, split = histories_and_split()
+    user_games, item_ids, lam = ease_factors(histories, split, 4, settings_with())
+    weights = ease_weights(train_matrix(histories, split.train_users, 4), 1.0)
+    assert lam == 1.0
+    product = user_games @ item_ids.T
+    torch.testing.assert_close(product, torch.from_numpy(weights), atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_started_towers_score_a_player_as_ease_does_times_the_scale():
+    """The towers' score of every game, before any training step, is the player's EASE score
+    (over the l2-normalized history) times `model.ease_init_scale`, plus nothing else: the
+    biases start at zero and the metadata only places games without plays."""
+    histories, split = histories_and_split()
+    settings = settings_with()
+    towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model).eval()
+    record = start_from_ease(towers, histories, split, settings)
+    assert record == {"ease_lambda": 1.0, "rank": 4}
+    user = collate_users([encode_record(UserRecord(time_played={"g_1": 5.0}), VOCAB, FEATURES)])
+    scores = towers.user_embed(user) @ towers.item_embed(catalog_items(GAMES, VOCAB, FEATURES)).T
+    weights = ease_weights(train_matrix(histories, split.train_users, 4), 1.0)
+    expected = settings.model.ease_init_scale * weights[VOCAB.game_ids.index("g_1")]
+    np.testing.assert_allclose(scores[0].numpy(), expected, atol=1e-3)
+
+
+def test_only_additive_dot_bias_towers_start_from_ease():
+    assert starts_from_ease(config_section("model", **MODEL))
+    assert not starts_from_ease(config_section("model", **{**MODEL, "tower": "mlp"}))
+    assert not starts_from_ease(config_section("model", **{**MODEL, "scoring": "cosine"}))
+    assert not starts_from_ease(config_section("model", **{**MODEL, "start_from_ease": False}))
+
+
+def test_no_ease_start_where_ease_cannot_be_fitted_and_each_start_has_its_width():
+    settings = load_training_config()
+    model, too_many = settings.model, settings.eval.ease_max_games + 1
+    assert model.start_from_ease and model.embedding_dim_from_ease != model.embedding_dim
+    started = with_ease_start(settings, 1000, streamed=False)
+    assert started.model.start_from_ease
+    assert started.model.embedding_dim == model.embedding_dim_from_ease
+    assert with_ease_start(started, 1000, streamed=False) == started  # applied twice: the same
+    for at_random in (
+        with_ease_start(settings, too_many, streamed=False),
+        with_ease_start(settings, 1000, streamed=True),
+    ):
+        assert not at_random.model.start_from_ease
+        assert at_random.model.embedding_dim == model.embedding_dim
+    mlp = with_overrides(settings, {"model.tower": "mlp"})
+    assert with_ease_start(mlp, 1000, streamed=False) == mlp
+
+
+def test_the_scale_must_be_positive():
+    with pytest.raises(ValueError, match="ease_init_scale"):
+        config_section("model", ease_init_scale=0.0)
+
+
+def test_the_started_tables_learn_at_their_own_rate_and_the_rest_at_the_usual_one():
+    settings = settings_with()
+    towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model)
+    started, others = parameter_groups(towers, settings, from_ease=True)
+    assert started["lr"] == settings.train.learning_rate_from_ease
+    assert started["params"] == [towers.user_games.weight, towers.item_ids.weight]
+    assert "lr" not in others  # the optimizer's default: train.learning_rate
+    every = started["params"] + others["params"]
+    assert len(every) == len(list(towers.parameters())) == len({id(p) for p in every})
+    (random_start,) = parameter_groups(towers, settings, from_ease=False)
+    assert len(random_start["params"]) == len(every) and "lr" not in random_start
