@@ -59,9 +59,11 @@ quickstart: install
 	$(VENV)/bin/bentoml serve service:GameRec --port $(or $(PORT),3000)
 
 # Every tier, in two processes (one a core; a test file stays in one), the 15 slowest tests
-# named at the end: what CI runs.
+# named at the end: what CI runs. Files in collection order (tests/e2e first), not xdist's
+# default of the most tests first: that started the one-test image build (4 min cold) last,
+# after everything else, and the run waited for it alone.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Unit tests and the integration tests that start no server.
 test-fast: install
