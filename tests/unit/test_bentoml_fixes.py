@@ -54,9 +54,12 @@ from serving.balance import ConnectionShare
 from serving.guard import Admission
 from serving.settings import ConnectionsConfig
 
-# BentoML's own code, captured before any test patches it.
+# BentoML's own code, captured before any test patches it (at collection: no test module
+# imports service.py at its top).
 ORIGINAL_TIMEOUT_CALL = traffic.TimeoutMiddleware.__call__
 ORIGINAL_OPENAPI_SPEC = inspect.getattr_static(Service, "openapi_spec")
+ORIGINAL_ERROR_DETAIL = exception_components_schema()["InvalidArgument"].properties["detail"]
+ORIGINAL_RESPONSE_HEADERS = ServiceAppFactory._add_response_headers
 unpatched_timeout = pytest.mark.skipif(
     ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__,
     reason="TimeoutMiddleware was already patched in this process (service.py imported?)",
@@ -65,6 +68,22 @@ unpatched_openapi = pytest.mark.skipif(
     ORIGINAL_OPENAPI_SPEC.fget.__module__ != "_bentoml_sdk.service.factory",
     reason="Service.openapi_spec was already patched in this process (service.py imported?)",
 )
+
+
+@pytest.fixture
+def bentoml_as_released(monkeypatch):
+    """BentoML's own code for one test, whatever ran before it in this process: an
+    integration test imports service.py in-process (tests/integration/test_service.py), which
+    applies every global fix for the rest of the process."""
+    monkeypatch.setattr(traffic.TimeoutMiddleware, "__call__", ORIGINAL_TIMEOUT_CALL)
+    monkeypatch.setattr(Service, "openapi_spec", ORIGINAL_OPENAPI_SPEC)
+    properties = exception_components_schema()["InvalidArgument"].properties
+    monkeypatch.setitem(properties, "detail", ORIGINAL_ERROR_DETAIL)
+    monkeypatch.setattr(APIMethod, "_local_call", fixes._ORIGINAL_LOCAL_CALL)
+    monkeypatch.setattr(ServiceAppFactory, "_add_response_headers", ORIGINAL_RESPONSE_HEADERS)
+
+
+as_released = pytest.mark.usefixtures("bentoml_as_released")
 
 
 def test_the_service_refuses_another_bentoml_version() -> None:
@@ -367,6 +386,7 @@ async def _requests_then_count(call, n: int) -> tuple[int, int]:
 
 
 @unpatched_timeout
+@as_released
 def test_2_every_request_leaves_an_armed_timer_holding_its_context() -> None:
     alive, armed = asyncio.run(_requests_then_count(ORIGINAL_TIMEOUT_CALL, 200))
     assert armed == 200  # one `call_later(30, ...)` per request, none cancelled
@@ -400,6 +420,7 @@ async def _raises_before_responding(scope, receive, send):
 
 
 @unpatched_timeout
+@as_released
 def test_2_handler_error_without_response_waits_the_whole_timeout() -> None:
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -621,14 +642,18 @@ def test_4_inner_service_skips_access_log_and_metrics() -> None:
 # ============================================================================ 6. OpenAPI
 
 
-@pytest.fixture
-def corrected_openapi(monkeypatch):
-    """Applies correct_openapi_spec; both globals it changes are restored after the test."""
+def _correct_openapi(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apply correct_openapi_spec to BentoML's own spec; `monkeypatch` undoes both globals it
+    changes."""
     monkeypatch.setattr(Service, "openapi_spec", ORIGINAL_OPENAPI_SPEC)
     invalid = exception_components_schema()["InvalidArgument"]
-    monkeypatch.setitem(invalid.properties, "detail", invalid.properties["detail"])
+    monkeypatch.setitem(invalid.properties, "detail", ORIGINAL_ERROR_DETAIL)
     fixes.correct_openapi_spec()
-    yield
+
+
+@pytest.fixture
+def corrected_openapi(monkeypatch):
+    _correct_openapi(monkeypatch)
 
 
 def _spec(service) -> dict:
@@ -642,6 +667,7 @@ def _meta_schema_errors(spec: dict, version: str) -> list[str]:
 
 
 @unpatched_openapi
+@as_released
 def test_6_bentoml_spec_is_not_openapi_3_0_as_labelled() -> None:
     spec = _spec(SpecProbe)
     assert spec["openapi"] == "3.0.2"
@@ -652,6 +678,7 @@ def test_6_bentoml_spec_is_not_openapi_3_0_as_labelled() -> None:
 
 
 @unpatched_openapi
+@as_released
 def test_6_bentoml_spec_body_optional_and_detail_a_string() -> None:
     spec = _spec(SpecProbe)
     assert "required" not in spec["paths"]["/rank"]["post"]["requestBody"]
@@ -700,9 +727,17 @@ def test_6_corrected_spec_with_a_task_endpoint(corrected_openapi) -> None:
 
 
 def test_6_correction_is_undone_after_the_test() -> None:
-    """The fixture's restore works (so test order does not matter)."""
-    assert inspect.getattr_static(Service, "openapi_spec") is ORIGINAL_OPENAPI_SPEC
-    assert exception_components_schema()["InvalidArgument"].properties["detail"].type == "string"
+    """The fixture's restore works (so test order does not matter): the spec and the error
+    schema are what they were before it, patched or not."""
+    properties = exception_components_schema()["InvalidArgument"].properties
+    spec, detail = inspect.getattr_static(Service, "openapi_spec"), properties["detail"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _correct_openapi(monkeypatch)
+        assert inspect.getattr_static(Service, "openapi_spec") is not ORIGINAL_OPENAPI_SPEC
+        assert properties["detail"] is not ORIGINAL_ERROR_DETAIL
+    assert inspect.getattr_static(Service, "openapi_spec") is spec
+    assert properties["detail"] is detail
+    assert ORIGINAL_ERROR_DETAIL.type == "string"
 
 
 # ======================================================== 7. the model version of a Bento
@@ -768,6 +803,7 @@ class LocalProbe:
 
 
 @unpatched_local_call
+@as_released
 def test_8_every_request_builds_a_new_local_caller(monkeypatch) -> None:
     """What `api_endpoint` does per request, `getattr(instance, name).local`: a new wrapper,
     and a new `inspect.signature` of the method, each time."""
@@ -796,6 +832,7 @@ def _count_format_reads(monkeypatch) -> list[int]:
 
 
 @unpatched_headers
+@as_released
 def test_8_every_response_reads_the_settings_again(monkeypatch) -> None:
     reads = _count_format_reads(monkeypatch)
     factory = SimpleNamespace(service=SimpleNamespace(name="probe"))
