@@ -70,6 +70,7 @@ SHARED = ROOT.parent / "shared" / "data"
 METRICS = ("recall@10", "ndcg@10", "recall@50")
 BEYOND = (
     "new-game recall@10",
+    "new-game recall@50",
     "long-tail recall@10",
     "coverage@10",
     "short-history recall@10",
@@ -196,9 +197,9 @@ def one_run(
         new_test = restrict_targets(cold_split.test, is_new)
         cold_methods, _ = fit_methods(run.towers, cold, vocab, games, cold_split, ease_lambda)
         for name, (fitted, _) in cold_methods.items():
-            table[name]["new-game recall@10"] = ranking_metrics(
-                fitted(new_test), cold, new_test, [10]
-            )["recall@10"]
+            found = ranking_metrics(fitted(new_test), cold, new_test, [10, 50])
+            table[name]["new-game recall@10"] = found["recall@10"]
+            table[name]["new-game recall@50"] = found["recall@50"]
     return table
 
 

@@ -87,6 +87,12 @@ class ModelConfig(Strict):
     ease_init_scale: float = Field(
         gt=0, description="EASE's factors are multiplied by its square root, each"
     )
+    metadata_ridge: float = Field(
+        ge=0,
+        description="towers that start from EASE: the genre and tag tables start at the ridge "
+        "regression (this λ) of the played games' started vectors on their genres and tags, "
+        "which places new games; 0: a random start",
+    )
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]
     dropout: float = Field(ge=0, lt=1)
@@ -109,6 +115,10 @@ class LossConfig(Strict):
         ge=0,
         description="full: weight of the games left in the input as targets too; 0 masks them "
         "out of the softmax (predict only the hidden games)",
+    )
+    unplayed_negatives: bool = Field(
+        description="games no training player played are negatives too (true), or are left "
+        "out of the softmax (false: they are new games, placed by their metadata)"
     )
 
 

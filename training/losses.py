@@ -48,15 +48,19 @@ def catalog_log_probs(
     temperature: float,
     mask_rows: torch.Tensor | None = None,
     mask_cols: torch.Tensor | None = None,
+    outside: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-softmax of each user's scores over the whole catalog (the full-softmax regime).
 
     `(mask_rows, mask_cols)` pairs (the user's input games) are removed from the softmax: known
-    positives, not negatives.
+    positives, not negatives. So are the games where `outside` (one bool per game) is true, for
+    every user.
     """
     logits = user_emb @ all_item_emb.T / temperature
     if mask_rows is not None and mask_cols is not None and len(mask_rows):
         logits = logits.index_put((mask_rows, mask_cols), torch.tensor(NEG_INF))
+    if outside is not None and bool(outside.any()):
+        logits = logits.masked_fill(outside, NEG_INF)
     return logits.log_softmax(dim=1)
 
 

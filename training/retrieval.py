@@ -1,12 +1,14 @@
 """The retrieval task: which games each training example is scored against, and its loss.
 
 Two regimes, chosen by catalog size (`loss.kind: auto`, up to `loss.full_softmax_max_items`):
-- full softmax: every catalog game is a candidate; a player's hidden games are the positives
+- full softmax: every catalog game that a training player played is a candidate (with
+  `loss.unplayed_negatives: false`); a player's hidden games are the positives
   (summed, as in Mult-VAE). The games left in the input are masked out (`loss.kept_weight` 0)
   or are positives too with that small weight (the emphasized denoising of Steck, 2020);
 - sampled softmax: one hidden game per example is its positive; the batch's other positives
-  plus `loss.uniform_negatives` games drawn uniformly are the candidates, each corrected by the
-  log of its expected count among them (logQ), since popular games are drawn more often.
+  plus `loss.uniform_negatives` played games drawn uniformly are the candidates, each
+  corrected by the log of its expected count among them (logQ), since popular games are drawn
+  more often.
 The losses themselves are `training/losses.py`; the towers are `training/towers.py`.
 """
 
@@ -71,6 +73,13 @@ class RetrievalTask:
         self.id_dropout = settings.train.item_id_dropout
         self.n_games = len(items.positions)
         self.kind = loss_kind(settings, self.n_games)
+        # `items.known`: a training player played the game. A game nobody did is a new game
+        # (or one only held-out players played): as a negative of every example, it and every
+        # game that shares its genres and tags would be pushed below all played games.
+        self.unplayed = None if settings.loss.unplayed_negatives else ~items.known
+        self.negatives = np.arange(self.n_games)
+        if self.unplayed is not None and bool((~self.unplayed).any()):
+            self.negatives = np.flatnonzero(~self.unplayed.numpy())
         self.target_share = None
         if self.kind == "sampled" and self.cfg.logq_correction > 0:
             self.target_share = target_share(train_counts)
@@ -81,14 +90,13 @@ class RetrievalTask:
         if self.kind == "full":
             return Candidates(self._dropped_ids(self.items))
         picked = batch.target_cols[_one_per_row(batch.target_rows, len(batch), self.rng)].numpy()
-        uniform = self.rng.integers(self.n_games, size=self.cfg.uniform_negatives)
+        drawn = self.rng.integers(len(self.negatives), size=self.cfg.uniform_negatives)
+        uniform = self.negatives[drawn]
         positions = torch.from_numpy(np.concatenate([picked, uniform]))
         log_q = None
         if self.target_share is not None:
-            expected = (
-                len(picked) * self.target_share[positions]
-                + self.cfg.uniform_negatives / self.n_games
-            )
+            drawn_share = self.cfg.uniform_negatives / len(self.negatives)
+            expected = len(picked) * self.target_share[positions] + drawn_share
             log_q = self.cfg.logq_correction * torch.log(expected)
         return Candidates(self._dropped_ids(select_items(self.items, positions)), positions, log_q)
 
@@ -114,10 +122,12 @@ class RetrievalTask:
         kept = self.cfg.kept_weight
         if kept == 0:  # the input's games are neither positives nor negatives
             log_probs = catalog_log_probs(
-                user_emb, item_emb, self.cfg.temperature, input_rows, input_cols
+                user_emb, item_emb, self.cfg.temperature, input_rows, input_cols, self.unplayed
             )
         else:
-            log_probs = catalog_log_probs(user_emb, item_emb, self.cfg.temperature)
+            log_probs = catalog_log_probs(
+                user_emb, item_emb, self.cfg.temperature, outside=self.unplayed
+            )
         weights = None  # every hidden game counts 1
         if self.cfg.target_weight == "log1p":  # longer-played hidden games count more
             weights = torch.from_numpy(1.0 + np.log1p(batch.target_minutes)).float()

@@ -182,6 +182,7 @@ ADDED_SETTINGS = {
     ("model", "tower"): "mlp",
     ("model", "scoring"): "cosine",
     ("loss", "kept_weight"): 0.0,
+    ("loss", "unplayed_negatives"): True,
     ("model", "user_genres"): True,
     ("model", "user_counts"): True,
     ("model", "item_metadata"): True,
@@ -189,6 +190,7 @@ ADDED_SETTINGS = {
     ("model", "metadata_for_played"): True,
     ("model", "start_from_ease"): False,  # started at random; the two below change nothing then
     ("model", "ease_init_scale"): 30.0,
+    ("model", "metadata_ridge"): 0.0,  # only the start of training; served weights are stored
     ("train", "learning_rate_from_ease"): 1e-4,
     ("train", "patience_from_ease"): 10,
     # Older models have a concrete index.type, which none of these change; only the target's

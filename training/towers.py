@@ -19,7 +19,9 @@ Two scorings (`model.scoring`):
 A start from EASE (`model.start_from_ease`, additive dot_bias towers only): the played-games
 table and the game-id table start at factors of EASE's item-item weights of the embedding's
 rank (training/ease_start.py, `start_from`), so that training begins where the closed-form
-linear model ends; the softmax then trains every weight.
+linear model ends, and the genre and tag tables at a ridge fit to those game vectors
+(`start_metadata_from`), so that new games start near the games that share their metadata;
+the softmax then trains every weight.
 """
 
 from __future__ import annotations
@@ -147,3 +149,10 @@ class TwoTower(nn.Module):
         them too."""
         self.user_games.weight.copy_(user_games)
         self.item_ids.weight.copy_(item_ids)
+
+    @torch.no_grad()
+    def start_metadata_from(self, genres: torch.Tensor, tags: torch.Tensor) -> None:
+        """Set the genre and tag tables' embedding columns (their bias column, if any, stays)."""
+        width = genres.shape[1]
+        self.item_genres.weight[: len(genres), :width].copy_(genres)
+        self.item_tags.weight[: len(tags), :width].copy_(tags)

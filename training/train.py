@@ -205,14 +205,12 @@ class StreamedExampleSampler:
             yield ExampleSampler(buffer, users, self.genres_of_games, self.s, self.rng).batch(users)
 
 
-def parameter_groups(
-    towers: TwoTower, settings: TrainingSettings, from_ease: bool
-) -> list[dict[str, object]]:
+def parameter_groups(towers: TwoTower, settings: TrainingSettings) -> list[dict[str, object]]:
     """The optimizer's parameters: the game tables that start from EASE learn at
     `train.learning_rate_from_ease` (at the random start's rate, they leave EASE's ranking
     behind in a few epochs); every other weight, the metadata that places new games and the
     biases among them, starts at random and learns at `train.learning_rate`."""
-    if not from_ease:
+    if not starts_from_ease(towers.cfg):
         return [{"params": list(towers.parameters())}]
     started = [towers.user_games.weight, towers.item_ids.weight]
     others = [p for p in towers.parameters() if all(p is not s for s in started)]
@@ -253,7 +251,7 @@ def train_two_tower(
     from_ease = starts_from_ease(settings.model)
     ease_start = {}
     if from_ease and ranks.is_main:  # the other ranks get rank 0's weights when DDP wraps them
-        ease_start = start_from_ease(towers, histories, split, settings)
+        ease_start = start_from_ease(towers, histories, split, items, settings)
     genres_of_games = genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres))
     if stream is None:
         train_users = split.train_users[histories.lengths()[split.train_users] > 0]
@@ -265,7 +263,7 @@ def train_two_tower(
     task = RetrievalTask(settings, items, train_counts, rng)
     model = distributed.wrap(towers)
     optimizer = torch.optim.AdamW(
-        parameter_groups(towers, settings, from_ease),
+        parameter_groups(towers, settings),
         lr=settings.train.learning_rate,
         weight_decay=settings.train.weight_decay,
         # One fused kernel over all parameters: AdamW's step over 51M parameters (100,000

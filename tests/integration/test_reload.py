@@ -34,7 +34,11 @@ REACHES_EVERY_WORKER_S = 5.0  # the bound of a reload's reach (issue 16)
 def running(trained, tmp_path_factory) -> Iterator[Server]:
     """Two entry workers (the runner in each) serving the newest model (no GAMEREC_MODEL_TAG:
     a reload without a tag takes the newest again), with an admin token: a reload one worker
-    receives must reach the other."""
+    receives must reach the other.
+
+    The newest model is a copy of `trained`, saved now: other tests in this process may have
+    saved newer models (on the Steam data, where BODY's games are unknown)."""
+    first = save_model(load_model(trained.tag))
     env = {
         "GAMEREC_ADMIN_TOKEN": TOKEN,
         **service_config(tmp_path_factory.mktemp("reload"), placement="in_process", workers=2),
@@ -42,8 +46,10 @@ def running(trained, tmp_path_factory) -> Iterator[Server]:
     with running_server(["service:GameRec"], env=env) as server:
         # /readyz came from one worker: both must have loaded the newest model before the
         # module saves newer ones.
-        assert len(_models_by_worker(server.url, seconds=0)) == 2
+        models = _models_by_worker(server.url, seconds=0)
+        assert len(models) == 2 and all(m == {first} for m in models.values()), models
         yield server
+    bentoml.models.delete(first)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ does."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,13 @@ import torch
 from tests.conftest import config_section
 from tests.unit.test_towers import FEATURES, GAMES, VOCAB
 from training.config import load_training_config, with_overrides
-from training.ease_start import ease_factors, start_from_ease, with_ease_start
+from training.ease_start import (
+    ease_factors,
+    metadata_matrix,
+    metadata_start,
+    start_from_ease,
+    with_ease_start,
+)
 from training.evaluate import EvalSet, Split, ease_weights, train_matrix
 from training.features import UserRecord, catalog_items, collate_users, encode_record
 from training.histories import Histories
@@ -61,13 +69,43 @@ def test_started_towers_score_a_player_as_ease_does_times_the_scale():
     histories, split = histories_and_split()
     settings = settings_with()
     towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model).eval()
-    record = start_from_ease(towers, histories, split, settings)
+    items = catalog_items(GAMES, VOCAB, FEATURES)
+    record = start_from_ease(towers, histories, split, items, settings)
     assert record == {"ease_lambda": 1.0, "rank": 4}
     user = collate_users([encode_record(UserRecord(time_played={"g_1": 5.0}), VOCAB, FEATURES)])
-    scores = towers.user_embed(user) @ towers.item_embed(catalog_items(GAMES, VOCAB, FEATURES)).T
+    scores = towers.user_embed(user) @ towers.item_embed(items).T
     weights = ease_weights(train_matrix(histories, split.train_users, 4), 1.0)
     expected = settings.model.ease_init_scale * weights[VOCAB.game_ids.index("g_1")]
     np.testing.assert_allclose(scores[0].numpy(), expected, atol=1e-3)
+
+
+def test_metadata_matrix_weighs_genres_and_tags_as_the_item_bags_do():
+    items = catalog_items(GAMES, VOCAB, FEATURES)
+    x = metadata_matrix(items, len(VOCAB.genres), len(VOCAB.tags)).numpy()
+    rpg, roguelike = VOCAB.genre_index["rpg"], VOCAB.genre_index["roguelike"]
+    co_op = len(VOCAB.genres) + VOCAB.tag_index["co-op"]
+    assert x[0, rpg] == 1.0 and x[0, co_op] == 1.0 and x[0].sum() == 2.0
+    assert x[1, rpg] == x[1, roguelike] == 0.5 and x[1].sum() == 1.0
+    assert x[2, co_op] == 1.0 and x[2].sum() == 1.0  # no genres, one tag
+    assert x[3].sum() == 1.0
+
+
+@torch.no_grad()
+def test_a_game_without_plays_starts_near_the_played_games_that_share_its_metadata():
+    """g_3 (puzzle) is new; with a small ridge λ the fit reproduces the played games' vectors
+    from their metadata, and g_3's vector comes from the genre it shares with none of them:
+    zero. A new game with g_0's metadata would get g_0's vector."""
+    settings = settings_with(metadata_ridge=1e-6)
+    towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model).eval()
+    vectors = torch.randn(4, 4)
+    known = torch.tensor([True, True, True, False])
+    items = replace(catalog_items(GAMES, VOCAB, FEATURES), known=known)
+    genres, tags = metadata_start(vectors, items, len(VOCAB.genres), len(VOCAB.tags), 1e-6)
+    towers.start_metadata_from(genres, tags)
+    placed = towers.item_embed(replace(items, known=torch.zeros(4, dtype=torch.bool)))[:, :-1]
+    torch.testing.assert_close(placed[:3], vectors[:3], atol=1e-3, rtol=0)
+    torch.testing.assert_close(placed[3], torch.zeros(4), atol=1e-6, rtol=0)
+    assert (towers.item_embed(items)[:, -1] == 0).all()  # the biases are not fitted
 
 
 def test_only_additive_dot_bias_towers_start_from_ease():
@@ -103,11 +141,13 @@ def test_the_scale_must_be_positive():
 def test_the_started_tables_learn_at_their_own_rate_and_the_rest_at_the_usual_one():
     settings = settings_with()
     towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model)
-    started, others = parameter_groups(towers, settings, from_ease=True)
+    started, others = parameter_groups(towers, settings)
     assert started["lr"] == settings.train.learning_rate_from_ease
     assert started["params"] == [towers.user_games.weight, towers.item_ids.weight]
     assert "lr" not in others  # the optimizer's default: train.learning_rate
     every = started["params"] + others["params"]
     assert len(every) == len(list(towers.parameters())) == len({id(p) for p in every})
-    (random_start,) = parameter_groups(towers, settings, from_ease=False)
+    at_random = settings_with(start_from_ease=False)
+    towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), at_random.model)
+    (random_start,) = parameter_groups(towers, at_random)
     assert len(random_start["params"]) == len(every) and "lr" not in random_start

@@ -12,6 +12,7 @@ from tests.conftest import config_section
 from tests.unit.conftest import tiny_artifacts
 from training.config import load_training_config, with_overrides
 from training.features import (
+    ItemBatch,
     UserRecord,
     Vocabulary,
     catalog_items,
@@ -65,8 +66,8 @@ def test_the_user_vector_is_the_sum_of_its_games_over_the_root_of_their_count():
     torch.testing.assert_close(u, expected)
 
 
-@torch.no_grad()
-def test_kept_games_are_weighted_targets_or_masked():
+def one_player_batch() -> TrainingBatch:
+    """Player a played g_0, g_1 (the input) and g_2 (hidden); nobody played g_3."""
     histories = Histories.from_interactions(
         pd.DataFrame(
             {
@@ -79,7 +80,7 @@ def test_kept_games_are_weighted_targets_or_masked():
         VOCAB,
     )
     inputs = histories.encode(0, np.array([0, 1]), np.zeros(0, np.int64), FEATURES)
-    batch = TrainingBatch(
+    return TrainingBatch(
         users=collate_users([inputs]),
         input_rows=torch.tensor([0, 0]),
         input_cols=torch.tensor([0, 1]),
@@ -87,31 +88,59 @@ def test_kept_games_are_weighted_targets_or_masked():
         target_cols=torch.tensor([2]),
         target_minutes=np.array([3.0]),
     )
+
+
+def full_softmax_loss(items: ItemBatch, **loss: object) -> float:
+    """`one_player_batch`'s full-softmax loss under the additive towers."""
+    model, batch = additive_towers(), one_player_batch()
+    settings = with_overrides(
+        load_training_config(),
+        {
+            **{f"loss.{k}": v for k, v in loss.items()},
+            "loss.temperature": 1.0,
+            "model.tower": "additive",
+            "train.item_id_dropout": 0.0,
+        },
+    )
+    task = RetrievalTask(settings, items, None, np.random.default_rng(0))
+    candidates = task.candidates(batch)
+    user = model.user_embed(batch.users)
+    return task.loss(user, model.item_embed(candidates.items), batch, candidates).item()
+
+
+def catalog_logits(items: ItemBatch) -> torch.Tensor:
     model = additive_towers()
+    return (model.user_embed(one_player_batch().users) @ model.item_embed(items).T)[0]
+
+
+@torch.no_grad()
+def test_kept_games_are_weighted_targets_or_masked():
     items = catalog_items(GAMES, VOCAB, FEATURES)
-    user = model.user_embed(collate_users([inputs]))
-
-    def loss(kept: float) -> float:
-        settings = with_overrides(
-            load_training_config(),
-            {
-                "loss.kept_weight": kept,
-                "loss.temperature": 1.0,
-                "model.tower": "additive",
-                "train.item_id_dropout": 0.0,
-            },
-        )
-        counts = histories.play_counts(np.array([0]), len(VOCAB.game_ids))
-        task = RetrievalTask(settings, items, counts, np.random.default_rng(0))
-        candidates = task.candidates(batch)
-        return task.loss(user, model.item_embed(candidates.items), batch, candidates).item()
-
-    logits = (user @ model.item_embed(items).T)[0]
+    logits = catalog_logits(items)
     masked = -torch.log_softmax(logits[[2, 3]], dim=0)[0]  # games 0 and 1 out of the softmax
     log_p = torch.log_softmax(logits, dim=0)
     weighted = -(log_p[2] + 0.1 * log_p[0] + 0.1 * log_p[1])
-    assert abs(loss(0.0) - float(masked)) < 1e-5
-    assert abs(loss(0.1) - float(weighted)) < 1e-5
+    assert abs(full_softmax_loss(items, kept_weight=0.0) - float(masked)) < 1e-5
+    assert abs(full_softmax_loss(items, kept_weight=0.1) - float(weighted)) < 1e-5
+
+
+@torch.no_grad()
+def test_games_nobody_played_in_training_are_not_negatives():
+    """g_3 has no training plays (a new game): out of the softmax, unless
+    `loss.unplayed_negatives`; a sampled softmax never draws it."""
+    items = with_known(catalog_items(GAMES, VOCAB, FEATURES), np.array([True, True, True, False]))
+    logits = catalog_logits(items)
+    log_p = torch.log_softmax(logits[[0, 1, 2]], dim=0)
+    without = -(log_p[2] + 0.1 * log_p[0] + 0.1 * log_p[1])
+    log_p = torch.log_softmax(logits, dim=0)
+    with_it = -(log_p[2] + 0.1 * log_p[0] + 0.1 * log_p[1])
+    loss = {"kept_weight": 0.1}
+    assert abs(full_softmax_loss(items, **loss, unplayed_negatives=False) - float(without)) < 1e-5
+    assert abs(full_softmax_loss(items, **loss, unplayed_negatives=True) - float(with_it)) < 1e-5
+    settings = with_overrides(load_training_config(), {"loss.kind": "sampled"})
+    task = RetrievalTask(settings, items, np.array([5, 3, 1, 0]), np.random.default_rng(0))
+    drawn = task.candidates(one_player_batch()).positions[1:]  # after the one target
+    assert len(drawn) == settings.loss.uniform_negatives and 3 not in drawn.tolist()
 
 
 @torch.no_grad()
