@@ -7,7 +7,7 @@ and meanings, and no defaults, so a file that leaves a setting out is refused by
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -86,6 +86,12 @@ class ModelConfig(Strict):
     )
     ease_init_scale: float = Field(
         gt=0, description="EASE's factors are multiplied by its square root, each"
+    )
+    start_dropouts: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        min_length=1,
+        description="towers that start from EASE: the linear model they start at is chosen on "
+        "the validation players among EASE (0) and DLAE, the linear autoencoder, with these "
+        "input dropouts, each at every λ of `eval.ease_lambdas` (training/ease_start.py)",
     )
     metadata_ridge: float = Field(
         ge=0,

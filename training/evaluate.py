@@ -9,8 +9,9 @@ min(K, #targets)) and NDCG@K. Training sees only the training users.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.linalg
@@ -21,6 +22,7 @@ from training.histories import Histories
 
 # Scores every catalog game for a chunk of evaluation users: (users, n_games) float32.
 Scorer = Callable[["EvalSet", slice], np.ndarray]
+Param = TypeVar("Param")
 EVAL_CHUNK = 1024  # users scored at once, at most
 # ... and at most about this many scores at once: a 1,000,000-game catalog scores 20 users at a
 # time (80 MB of scores, 160 MB of ranks), where 1,024 users took over 20 GB.
@@ -193,28 +195,50 @@ def item_knn_scorer(histories: Histories, train: sp.csr_matrix) -> Scorer:
     return score
 
 
-def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE (Steck, 2019): closed-form item-item weights with a zero diagonal.
-
-    Fitted over the games with a training play only: a game without one has a zero row and
-    column in the Gram matrix, so its weights are zero either way, and the inverse costs the
-    cube of the games fitted. The Gram matrix plus λI is positive definite: inverted through
-    its Cholesky factor, in half the time of a general inverse."""
+def _played_inverse(
+    train: sp.csr_matrix, penalty: Callable[[np.ndarray], np.ndarray], name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(played games, (G + diag(penalty))⁻¹, penalty) over the games with a training play: a
+    game without one has a zero row and column in the Gram matrix G, so its weights are zero
+    either way, and the inverse costs the cube of the games fitted. G plus a positive diagonal
+    is positive definite: inverted through its Cholesky factor, in half the time of a general
+    inverse. `penalty` maps G's diagonal to the diagonal added."""
     played = np.flatnonzero(train.getnnz(axis=0))
     fitted = train[:, played]
     gram = (fitted.T @ fitted).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += lam
+    added = penalty(np.diag(gram).copy())
+    gram[np.diag_indices_from(gram)] += added
     factor, info = scipy.linalg.lapack.dpotrf(gram, lower=False, overwrite_a=True)
     if info == 0:
         precision, info = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
     if info != 0:
-        raise ValueError(f"EASE's Gram matrix + λ={lam} is not positive definite (LAPACK {info})")
+        raise ValueError(f"{name}'s Gram matrix + penalty is not positive definite (LAPACK {info})")
     precision = np.triu(precision) + np.triu(precision, 1).T  # dpotri fills the upper half
-    fitted_weights = -precision / np.diag(precision)
-    fitted_weights[np.diag_indices_from(fitted_weights)] = 0.0
-    weights = np.zeros((train.shape[1], train.shape[1]), np.float32)
-    weights[np.ix_(played, played)] = fitted_weights
+    return played, precision, added
+
+
+def _full_weights(n_games: int, played: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    fitted[np.diag_indices_from(fitted)] = 0.0
+    weights = np.zeros((n_games, n_games), np.float32)
+    weights[np.ix_(played, played)] = fitted
     return weights
+
+
+def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE (Steck, 2019): closed-form item-item weights with a zero diagonal."""
+    played, precision, _ = _played_inverse(train, lambda d: np.full_like(d, lam), f"EASE (λ={lam})")
+    return _full_weights(train.shape[1], played, -precision / np.diag(precision))
+
+
+def dlae_weights(train: sp.csr_matrix, lam: float, dropout: float) -> np.ndarray:
+    """DLAE (Steck, 2020): the linear autoencoder trained with input dropout `dropout`, in
+    closed form, B = I - (G + Λ)⁻¹Λ with Λ = dropout/(1 - dropout)·diag(G) + λI; its diagonal
+    is zeroed, as a player's own games are never ranked. Popular games get the larger
+    penalty, where EASE's λ is the same for every game."""
+    played, precision, added = _played_inverse(
+        train, lambda d: dropout / (1 - dropout) * d + lam, f"DLAE (λ={lam}, p={dropout})"
+    )
+    return _full_weights(train.shape[1], played, -precision * added[None, :])
 
 
 def ease_scorer(histories: Histories, weights: np.ndarray) -> Scorer:
@@ -225,12 +249,17 @@ def ease_scorer(histories: Histories, weights: np.ndarray) -> Scorer:
 
 
 def tune_ease(
-    histories: Histories, train: sp.csr_matrix, validation: EvalSet, lambdas: list[float]
-) -> tuple[float, np.ndarray]:
-    """EASE with λ chosen by Recall@10 on validation users."""
-    best: tuple[float, float, np.ndarray] | None = None
+    histories: Histories,
+    train: sp.csr_matrix,
+    validation: EvalSet,
+    lambdas: Sequence[Param],
+    fit: Callable[[sp.csr_matrix, Param], np.ndarray] = ease_weights,
+) -> tuple[Param, np.ndarray]:
+    """EASE with λ chosen by Recall@10 on validation users (or another item-item model `fit`
+    with its parameters chosen so)."""
+    best: tuple[float, Param, np.ndarray] | None = None
     for lam in lambdas:
-        weights = ease_weights(train, lam)
+        weights = fit(train, lam)
         recall = ranking_metrics(ease_scorer(histories, weights), histories, validation, [10])
         if best is None or recall["recall@10"] > best[0]:
             best = (recall["recall@10"], lam, weights)

@@ -80,8 +80,8 @@ def run(
         return None
 
     items = catalog_with_plays(dataset.games_table, vocab, plays.train_counts, settings.features)
-    # The start's EASE was tuned on the same validation players: its λ is the baseline's.
-    lam = trained.ease_start.get("ease_lambda")
+    # A start at EASE was tuned on the same validation players: its λ is the baseline's.
+    lam = trained.ease_start.get("ease_lambda") if not trained.ease_start.get("dropout") else None
     table = baselines(plays, len(vocab.game_ids), settings.eval, lam)
     scorer = tower_scorer(trained.towers, histories, split.test, items, settings)
     table[TWO_TOWER] = ranking_metrics(scorer, histories, split.test, settings.eval.ks)
@@ -148,4 +148,5 @@ def summary(result: PipelineResult) -> str:
 def _start(ease_start: dict[str, float] | None) -> str:
     if not ease_start:
         return "started at random"
-    return f"started from EASE (rank {ease_start['rank']}, λ={ease_start['ease_lambda']:g})"
+    fit = f"DLAE, dropout {ease_start['dropout']:g}" if ease_start.get("dropout") else "EASE"
+    return f"started from {fit} (rank {ease_start['rank']}, λ={ease_start['ease_lambda']:g})"

@@ -190,7 +190,8 @@ ADDED_SETTINGS = {
     ("model", "metadata_for_played"): True,
     ("model", "start_from_ease"): False,  # started at random; the two below change nothing then
     ("model", "ease_init_scale"): 30.0,
-    ("model", "metadata_ridge"): 0.0,  # only the start of training; served weights are stored
+    ("model", "metadata_ridge"): 0.0,
+    ("model", "start_dropouts"): [0.0],  # only the start of training; served weights are stored
     ("train", "learning_rate_from_ease"): 1e-4,
     ("train", "patience_from_ease"): 10,
     # Older models have a concrete index.type, which none of these change; only the target's

@@ -21,13 +21,19 @@ from training.ease_start import (
     start_from_ease,
     with_ease_start,
 )
-from training.evaluate import EvalSet, Split, ease_weights, train_matrix
+from training.evaluate import EvalSet, Split, dlae_weights, ease_weights, train_matrix
 from training.features import UserRecord, catalog_items, collate_users, encode_record
 from training.histories import Histories
 from training.towers import TwoTower, starts_from_ease
 from training.train import parameter_groups
 
-MODEL = {"tower": "additive", "scoring": "dot_bias", "embedding_dim": 4, "start_from_ease": True}
+MODEL = {
+    "tower": "additive",
+    "scoring": "dot_bias",
+    "embedding_dim": 4,
+    "start_from_ease": True,
+    "start_dropouts": [0.0],  # at EASE itself
+}
 # Four players over the four games of the towers' tests; everyone trains.
 PLAYS = pd.DataFrame(
     {
@@ -54,11 +60,26 @@ def settings_with(**model: object):
 
 def test_the_factors_are_ease_at_full_rank():
     histories, split = histories_and_split()
-    user_games, item_ids, lam = ease_factors(histories, split, 4, settings_with())
+    user_games, item_ids, record = ease_factors(histories, split, 4, settings_with())
     weights = ease_weights(train_matrix(histories, split.train_users, 4), 1.0)
-    assert lam == 1.0
+    assert record == {"ease_lambda": 1.0, "dropout": 0.0, "rank": 4}
     product = user_games @ item_ids.T
     torch.testing.assert_close(product, torch.from_numpy(weights), atol=1e-4, rtol=0)
+
+
+def test_with_a_dropout_the_factors_are_dlae_at_full_rank():
+    histories, split = histories_and_split()
+    settings = settings_with(start_dropouts=[0.5])
+    user_games, item_ids, record = ease_factors(histories, split, 4, settings)
+    assert record["dropout"] == 0.5
+    weights = dlae_weights(train_matrix(histories, split.train_users, 4), 1.0, 0.5)
+    assert (
+        np.abs(weights - ease_weights(train_matrix(histories, split.train_users, 4), 1.0)).max()
+        > 0.01
+    )
+    torch.testing.assert_close(
+        user_games @ item_ids.T, torch.from_numpy(weights), atol=1e-4, rtol=0
+    )
 
 
 @torch.no_grad()
@@ -71,7 +92,7 @@ def test_started_towers_score_a_player_as_ease_does_times_the_scale():
     towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model).eval()
     items = catalog_items(GAMES, VOCAB, FEATURES)
     record = start_from_ease(towers, histories, split, items, settings)
-    assert record == {"ease_lambda": 1.0, "rank": 4}
+    assert record == {"ease_lambda": 1.0, "dropout": 0.0, "rank": 4}
     user = collate_users([encode_record(UserRecord(time_played={"g_1": 5.0}), VOCAB, FEATURES)])
     scores = towers.user_embed(user) @ towers.item_embed(items).T
     weights = ease_weights(train_matrix(histories, split.train_users, 4), 1.0)

@@ -62,3 +62,21 @@ def test_ease_weights_are_the_closed_form_and_zero_for_unplayed_games():
     weights = evaluate.ease_weights(sp.csr_matrix(plays), lam)
     np.testing.assert_allclose(weights, expected, atol=1e-6)
     assert not weights[[5, 31]].any() and not weights[:, [5, 31]].any()
+
+
+def test_dlae_weights_match_the_closed_form_with_a_zero_diagonal():
+    """Steck's DLAE (2020): B = I - (G + Λ)⁻¹Λ, Λ = p/(1-p)·diag(G) + λI, G = XᵀX; its
+    diagonal zeroed; the games nobody played get zero weights."""
+    rng = np.random.default_rng(0)
+    plays = (rng.random((300, 40)) < 0.15).astype(np.float32)
+    plays[:, [5, 31]] = 0.0
+    lam, dropout = 20.0, 0.5
+    played = np.setdiff1d(np.arange(40), [5, 31])
+    gram = plays[:, played].T.astype(np.float64) @ plays[:, played]
+    penalty = np.diag(dropout / (1 - dropout) * np.diag(gram) + lam)
+    fitted = np.eye(len(played)) - np.linalg.inv(gram + penalty) @ penalty
+    np.fill_diagonal(fitted, 0.0)
+    expected = np.zeros((40, 40))
+    expected[np.ix_(played, played)] = fitted
+    weights = evaluate.dlae_weights(sp.csr_matrix(plays), lam, dropout)
+    np.testing.assert_allclose(weights, expected, atol=1e-6)
