@@ -59,7 +59,7 @@ def catalog_log_probs(
     logits = user_emb @ all_item_emb.T / temperature
     if mask_rows is not None and mask_cols is not None and len(mask_rows):
         logits = logits.index_put((mask_rows, mask_cols), torch.tensor(NEG_INF))
-    if outside is not None and bool(outside.any()):
+    if outside is not None:
         logits = logits.masked_fill(outside, NEG_INF)
     return logits.log_softmax(dim=1)
 

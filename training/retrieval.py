@@ -76,10 +76,12 @@ class RetrievalTask:
         # `items.known`: a training player played the game. A game nobody did is a new game
         # (or one only held-out players played): as a negative of every example, it and every
         # game that shares its genres and tags would be pushed below all played games.
-        self.unplayed = None if settings.loss.unplayed_negatives else ~items.known
-        self.negatives = np.arange(self.n_games)
-        if self.unplayed is not None and bool((~self.unplayed).any()):
-            self.negatives = np.flatnonzero(~self.unplayed.numpy())
+        played = items.known.numpy()
+        if settings.loss.unplayed_negatives or not played.any():
+            played = np.ones(self.n_games, dtype=bool)
+        # Decided once here: the full softmax masks the unplayed games only if there are any.
+        self.unplayed = None if played.all() else torch.from_numpy(~played)
+        self.negatives = np.flatnonzero(played)
         self.target_share = None
         if self.kind == "sampled" and self.cfg.logq_correction > 0:
             self.target_share = target_share(train_counts)
