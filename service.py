@@ -264,7 +264,6 @@ GameRec.add_asgi_middleware(
     RequestGuard,
     max_bytes=SETTINGS.limits.max_body_bytes,
     admin_token=SETTINGS.admin_token.get_secret_value(),
-    admission=ADMISSION,
     body_timeout_s=SETTINGS.connections.body_timeout_s,
 )
 bentoml_fixes.cache_media_types(Embedder, GameRec)

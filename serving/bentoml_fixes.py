@@ -66,9 +66,10 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    `limit_concurrency` is no cap: at that many connections it answers every request of every
    connection with a plain-text 503.) The body's deadline is `RequestGuard`'s. The same
    protocol answers the 503 of a request that `Admission` (serving/guard.py) does not admit,
-   without an ASGI task: BentoML puts a service's own middleware inside its metrics, tracing,
-   access-log and timeout middlewares, which made a refusal cost more than the served requests
-   could spare under overload (docs/overload.md). BentoML's own `traffic.max_concurrency`
+   without an ASGI task, and counts the requests it admits: BentoML puts a service's own
+   middleware inside its metrics, tracing, access-log and timeout middlewares, which made a
+   refusal cost more than the served requests could spare under overload, and a count kept
+   there lagged the protocol's decisions (docs/overload.md). BentoML's own `traffic.max_concurrency`
    answers 429 without `Retry-After`, inside those same middlewares.
 10. Connections spread unevenly over the entry workers (issue 5426, open; PR 5557 proposed
    SO_REUSEPORT and was closed unmerged). The workers accept from one shared socket, and the
@@ -108,7 +109,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.balance import ConnectionShare
-from serving.guard import GUARD_RESPONSES, Admission, ErrorMessage
+from serving.guard import GUARD_RESPONSES, Admission, ErrorMessage, InFlight
 from serving.settings import ConnectionsConfig
 
 BENTOML_VERSION = "1.4.40"  # the version these fixes were written for and tested on
@@ -320,7 +321,8 @@ def deadline_protocol(
     first byte, else 408 and close (a plain close if no byte came); an idle keep-alive
     connection closes after `keep_alive_s`; one beyond `max_connections` is closed at once.
     With `admission`, a request it does not admit gets its 503 from a bare ASGI app, outside
-    BentoML's middlewares (the metrics, the access log, the timeout's task). With `share`
+    BentoML's middlewares (the metrics, the access log, the timeout's task), and one it admits
+    counts as in flight from its whole body on until its answer is sent (`InFlight`). With `share`
     (fix 10), a worker over its share of the server's connections answers a request with
     `Connection: close`."""
 
@@ -332,6 +334,7 @@ def deadline_protocol(
             self.timeout_keep_alive = limits.keep_alive_s
             self._header_deadline: asyncio.TimerHandle | None = None
             self._request_begun = False
+            self._in_flight: InFlight | None = None  # the request whose body is arriving
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -355,7 +358,7 @@ def deadline_protocol(
             self._request_begun = False
             path = self.url.split(b"?", 1)[0].decode("latin-1")
             if admission is None or admission.admits(path):
-                super().on_headers_complete()
+                self._start_counted(path)
                 # Not with requests pipelined behind this one: closing would drop them.
                 mine = len(self.connections)
                 if share is not None and not self.pipeline and share.should_close(mine):
@@ -374,6 +377,26 @@ def deadline_protocol(
                 self.on_response_complete()
             else:
                 self.transport.close()
+
+        def _start_counted(self, path: str) -> None:
+            """uvicorn's start of the request, its app wrapped in `InFlight` if it counts."""
+            if admission is None or not admission.limits(path):
+                return super().on_headers_complete()
+            before = self.cycle
+            queued = before is not None and not before.response_complete
+            served, self.app = self.app, InFlight(self.app, admission, queued)
+            try:
+                super().on_headers_complete()
+                if self.cycle is not before:  # else upgraded: no request of ours to count
+                    self._in_flight = self.app
+            finally:
+                self.app = served
+
+        def on_message_complete(self) -> None:  # the request's whole body is in
+            super().on_message_complete()
+            if self._in_flight is not None:
+                self._in_flight.body_arrived()
+                self._in_flight = None
 
         def _arm_header_deadline(self) -> None:
             self._disarm_header_deadline()

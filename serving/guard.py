@@ -1,6 +1,6 @@
 """The request guard: what no endpoint should have to parse, answered before any does; the
-admission limit (503 beyond it) and the body deadline (408); and the admin endpoints'
-bearer-token check."""
+body deadline (408); the admission limit (503 beyond it, applied by the worker's protocol);
+and the admin endpoints' bearer-token check."""
 
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ REFUSED = Counter(
 
 class Admission:
     """The requests one worker is answering, and its limit: beyond it, a request gets 503 with
-    `Retry-After` at once. `RequestGuard` counts; the worker's HTTP protocol (fix 9 of
-    serving/bentoml_fixes.py) refuses before BentoML's middlewares see the request, which under
-    overload is most of the cost of a refusal (measured in docs/overload.md)."""
+    `Retry-After` at once. The worker's HTTP protocol (fix 9 of serving/bentoml_fixes.py)
+    both refuses and counts, before BentoML's middlewares see the request: under overload
+    those are most of the cost of a refusal (measured in docs/overload.md), and a count kept
+    inside the app lags the protocol's decisions (every request read in one turn of the event
+    loop was admitted against the same count)."""
 
     def __init__(self, max_in_flight: int, retry_after_s: int) -> None:
         self.max_in_flight, self.in_flight = max_in_flight, 0
@@ -61,11 +63,16 @@ class Admission:
             {"error": message}, status_code=503, headers={"Retry-After": str(retry_after_s)}
         )
 
+    @staticmethod
+    def limits(path: str) -> bool:
+        """Whether requests for `path` count and may be refused: not probes and metrics (a
+        worker at its limit is alive and ready), not `/admin/...` (an operator may need a
+        reload most under overload)."""
+        return path not in UNLIMITED_PATHS and not path.startswith(ADMIN_PATH)
+
     def admits(self, path: str) -> bool:
         """Whether a request for `path` may go on; a refusal is counted (and logged in bulk)."""
-        if self.in_flight < self.max_in_flight or path in UNLIMITED_PATHS:
-            return True
-        if path.startswith(ADMIN_PATH):  # an operator may need a reload most under overload
+        if self.in_flight < self.max_in_flight or not self.limits(path):
             return True
         self.refused += 1
         REFUSED.inc()
@@ -80,17 +87,55 @@ class Admission:
         return False
 
 
+class InFlight:
+    """One admitted request's ASGI app, counted in `admission` from its whole body on (a client
+    trickling its body holds no slot) until its response is sent (or its app returns without
+    one). A request queued behind another on its connection (HTTP pipelining) counts from its
+    start, so that one never started (its connection lost first) is never counted."""
+
+    def __init__(self, app: ASGIApp, admission: Admission, queued: bool) -> None:
+        self.app, self.admission = app, admission
+        self.body_whole = self.counted = self.finished = False
+        self.started = not queued
+
+    def body_arrived(self) -> None:
+        self.body_whole = True
+        self._count()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.started = True
+        self._count()
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._finish()  # the client may send its next request now: this one is done
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self._finish()
+
+    def _count(self) -> None:
+        if self.body_whole and self.started and not (self.counted or self.finished):
+            self.counted = True
+            self.admission.in_flight += 1
+
+    def _finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            if self.counted:
+                self.admission.in_flight -= 1
+
+
 class RequestGuard:
     """ASGI middleware: what no endpoint should have to parse, answered before any does.
 
-    - a request beyond `admission.max_in_flight` being answered in this worker gets 503 with
-      `Retry-After` at once, before its body is read (not `UNLIMITED_PATHS`, nor `/admin/...`),
-      see `Admission`;
     - `/admin/...` without the admin token gets 401 (403 while no token is set), see
       `admin_refusal`;
     - a body that has not arrived whole `body_timeout_s` after its headers gets 408 and the
       connection is closed (a client trickling its body holds no admission slot meanwhile:
-      a request counts as in flight from its whole body on);
+      a request counts as in flight from its whole body on, see `InFlight`);
     - a body over `max_bytes` gets 413, unread if its Content-Length says so, else as soon as
       the bytes read pass the limit (a chunked body);
     - a POST body that is not `Content-Type: application/json` gets 415;
@@ -103,27 +148,20 @@ class RequestGuard:
         app: ASGIApp,
         max_bytes: int,
         admin_token: str,
-        admission: Admission,
         body_timeout_s: float,
     ) -> None:
         self.app, self.max_bytes, self.admin_token = app, max_bytes, admin_token
-        self.admission, self.body_timeout_s = admission, body_timeout_s
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             return await self.app(scope, receive, send)
-        if not self.admission.admits(scope["path"]):
-            return await self.admission.refusal(scope, receive, send)
         headers = Headers(scope=scope)
         refusal = self._before_body(scope, headers)
         if refusal is None and scope["method"] == "POST":
             refusal, receive = await self._read_checked_body(headers, receive)
         if refusal is None:
-            self.admission.in_flight += 1  # from its whole body on: a trickle holds no slot
-            try:
-                return await self.app(scope, receive, send)
-            finally:
-                self.admission.in_flight -= 1
+            return await self.app(scope, receive, send)
         status, message = refusal
         extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status == 408:

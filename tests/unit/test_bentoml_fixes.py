@@ -867,14 +867,12 @@ async def _ok_sized_app(scope, receive, send):
 
 
 @contextlib.asynccontextmanager
-async def _uvicorn(http: object) -> AsyncIterator[int]:
+async def _uvicorn(http: object, app: object = _ok_sized_app) -> AsyncIterator[int]:
     """A real uvicorn (httptools, the protocol BentoML's worker gets) on a free port, in this
-    event loop, serving `_ok_app`; yields the port."""
+    event loop, serving `app`; yields the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        _ok_sized_app, http=http, lifespan="off", log_config=None, timeout_keep_alive=1
-    )
+    config = uvicorn.Config(app, http=http, lifespan="off", log_config=None, timeout_keep_alive=1)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -986,6 +984,68 @@ def test_9_a_request_not_admitted_gets_503_before_the_app() -> None:
     assert b'"error":"overloaded' in refused
     assert probe.startswith(b"HTTP/1.1 200 ") and probe.endswith(b"ok")  # the app answered
     assert admission.refused == 1
+
+
+class _HeldApp:
+    """An ASGI app that reads the body, then answers only once released; counts its calls."""
+
+    def __init__(self) -> None:
+        self.release, self.calls = asyncio.Event(), 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.calls += 1
+        while (await receive()).get("more_body"):
+            pass
+        await self.release.wait()
+        await _ok_sized_app(scope, receive, send)
+
+
+async def _post(port: int, path: bytes, body: bytes = b"{}", length: int | None = None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = len(body) if length is None else length
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path, size, body)
+    )
+    return reader, writer
+
+
+def test_9_the_protocol_counts_what_it_admits_at_once() -> None:
+    """Requests that arrive together are admitted against a count that includes each other:
+    one slot, five requests at once, one reaches the app and four get 503 (a count kept in
+    the app, as before, saw none of them in flight and admitted all five). A client
+    trickling its body holds no slot; probes and admin requests are never refused; the
+    slot is free again once the answer is sent."""
+    admission, app = Admission(max_in_flight=1, retry_after_s=7), _HeldApp()
+
+    async def scenario() -> tuple[list[bytes], list[bytes], bytes]:
+        roomy = SLOW.model_copy(update={"max_connections": 100})
+        async with _uvicorn(fixes.deadline_protocol(roomy, admission), app) as port:
+            try:
+                trickling = await _post(port, b"/recommend", b"{", length=2)  # 1 byte of 2
+                together = [await _post(port, b"/recommend") for _ in range(5)]
+                await asyncio.sleep(0.3)
+                assert admission.in_flight == 1 and app.calls == 2  # the trickle: no slot
+                others = [await _post(port, path) for path in (b"/readyz", b"/admin/reload")]
+                await asyncio.sleep(0.2)
+                assert admission.in_flight == 1 and app.calls == 4  # not refused, not counted
+                app.release.set()
+                answers = [await asyncio.wait_for(r.read(4096), 2) for r, _ in together + others]
+                assert admission.in_flight == 0
+                trickling[1].write(b"}")  # its body is whole: admitted, counted, answered
+                last = await asyncio.wait_for(trickling[0].read(4096), 2)
+                for _, writer in [*together, *others, trickling]:
+                    writer.close()
+            finally:  # a failed check must not leave the app's tasks held
+                app.release.set()
+            return answers[:5], answers[5:], last
+
+    together, others, last = asyncio.run(scenario())
+    statuses = sorted(answer.split(b" ", 2)[1] for answer in together)
+    assert statuses == [b"200"] + [b"503"] * 4
+    assert all(b"retry-after: 7\r\n" in a for a in together if b" 503 " in a[:13])
+    assert [a.split(b" ", 2)[1] for a in others] == [b"200", b"200"]
+    assert last.startswith(b"HTTP/1.1 200 ") and admission.in_flight == 0
+    assert admission.refused == 4
 
 
 # --- 10: connections spread unevenly over the entry workers --------------------------------
