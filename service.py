@@ -51,7 +51,10 @@ from training.store import ModelIntegrityError, ModelNotFound, load_model
 
 SETTINGS = service_settings()
 PLACEMENT = runner_placement(SETTINGS)
-ADMISSION = Admission(SETTINGS.admission.max_in_flight, SETTINGS.admission.retry_after_s)
+EMBEDDER_ROUTES = ("/top_k", "/load")
+ADMISSION = Admission(
+    SETTINGS.admission.max_in_flight, SETTINGS.admission.retry_after_s, EMBEDDER_ROUTES
+)
 bentoml_fixes.apply_global_fixes(
     SETTINGS.connections, ADMISSION, entry_workers(SETTINGS, PLACEMENT)
 )
@@ -61,7 +64,7 @@ UNTRACED_ROUTES = () if SETTINGS.trace_recommend else ("/recommend", "/recommend
 @bentoml.service(
     workers=1,
     traffic={"timeout": SETTINGS.request_timeout_s},
-    **bentoml_fixes.inner_service_config("/top_k", "/load"),
+    **bentoml_fixes.inner_service_config(*EMBEDDER_ROUTES),
 )
 class Embedder:
     """The runner: user tower and FAISS top-k, once per batch of users.

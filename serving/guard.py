@@ -51,8 +51,13 @@ class Admission:
     inside the app lags the protocol's decisions (every request read in one turn of the event
     loop was admitted against the same count)."""
 
-    def __init__(self, max_in_flight: int, retry_after_s: int) -> None:
+    def __init__(
+        self, max_in_flight: int, retry_after_s: int, inner_routes: tuple[str, ...] = ()
+    ) -> None:
         self.max_in_flight, self.in_flight = max_in_flight, 0
+        # The Embedder's routes (its process imports the same module): only the entry workers
+        # call them, each with at most `embedder.max_calls_in_flight` calls out.
+        self.unlimited = UNLIMITED_PATHS | set(inner_routes)
         self.refused, self._logged_refused, self._logged_at = 0, 0, time.monotonic()
         message = (
             f"overloaded: this worker is answering {max_in_flight} requests already; "
@@ -63,12 +68,11 @@ class Admission:
             {"error": message}, status_code=503, headers={"Retry-After": str(retry_after_s)}
         )
 
-    @staticmethod
-    def limits(path: str) -> bool:
+    def limits(self, path: str) -> bool:
         """Whether requests for `path` count and may be refused: not probes and metrics (a
         worker at its limit is alive and ready), not `/admin/...` (an operator may need a
-        reload most under overload)."""
-        return path not in UNLIMITED_PATHS and not path.startswith(ADMIN_PATH)
+        reload most under overload), not the Embedder's routes."""
+        return path not in self.unlimited and not path.startswith(ADMIN_PATH)
 
     def admits(self, path: str) -> bool:
         """Whether a request for `path` may go on; a refusal is counted (and logged in bulk)."""

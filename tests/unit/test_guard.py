@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from serving.guard import RequestGuard, admin_refusal, duplicate_key
+from serving.guard import Admission, RequestGuard, admin_refusal, duplicate_key
 
 MAX_BYTES = 2048
 TOKEN = "s3cret-token"
@@ -131,3 +131,15 @@ def test_a_body_that_does_not_arrive_in_time_is_408():
         assert "0.3 s" in late.json()["error"]
 
     asyncio.run(scenario())
+
+
+def test_admission_limits_the_entry_routes_only():
+    """Probes, metrics, admin requests and the Embedder's routes are neither counted nor
+    refused (the worker's protocol applies the limit: tests/unit/test_bentoml_fixes.py)."""
+    admission = Admission(max_in_flight=1, retry_after_s=1, inner_routes=("/top_k", "/load"))
+    assert admission.limits("/recommend") and admission.limits("/recommend_batch")
+    unlimited = ("/top_k", "/load", "/readyz", "/livez", "/metrics", "/admin/reload")
+    assert not any(admission.limits(path) for path in unlimited)
+    admission.in_flight = 1  # the worker is full
+    assert not admission.admits("/recommend") and admission.refused == 1
+    assert all(admission.admits(path) for path in unlimited) and admission.refused == 1
