@@ -964,6 +964,15 @@ def test_9_the_worker_uvicorn_config_gets_the_protocol(monkeypatch) -> None:
     assert uvicorn.Config(app=_ok_app, http="h11").http == "h11"  # an explicit choice stays
 
 
+async def _post(port: int, path: bytes, body: bytes = b"{}", length: int | None = None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = len(body) if length is None else length
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path, size, body)
+    )
+    return reader, writer
+
+
 def test_9_a_request_not_admitted_gets_503_before_the_app() -> None:
     admission = Admission(max_in_flight=1, retry_after_s=7)
     admission.in_flight = 1  # the worker is full
@@ -972,9 +981,7 @@ def test_9_a_request_not_admitted_gets_503_before_the_app() -> None:
         async with _uvicorn(fixes.deadline_protocol(SLOW, admission)) as port:
             answers = []
             for path in (b"/recommend", b"/readyz"):
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2"
-                             b"\r\n\r\n{}")  # fmt: skip
+                reader, writer = await _post(port, path)
                 answers.append(await asyncio.wait_for(reader.read(4096), 2))
                 writer.close()
             return answers
@@ -998,15 +1005,6 @@ class _HeldApp:
             pass
         await self.release.wait()
         await _ok_sized_app(scope, receive, send)
-
-
-async def _post(port: int, path: bytes, body: bytes = b"{}", length: int | None = None):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    size = len(body) if length is None else length
-    writer.write(
-        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path, size, body)
-    )
-    return reader, writer
 
 
 def test_9_the_protocol_counts_what_it_admits_at_once() -> None:
