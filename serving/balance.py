@@ -1,5 +1,7 @@
-"""Keep-alive connections spread evenly over a server's entry workers (fix 10 of
-serving/bentoml_fixes.py).
+"""What the entry workers of one server share: counts that each worker publishes and every
+worker reads (`WorkerCounts`), for a server-wide admission limit (fix 9 of
+serving/bentoml_fixes.py, `Admission` in serving/guard.py) and for keep-alive connections
+spread evenly over the workers (fix 10, `ConnectionShare`).
 
 The entry workers of one `bentoml serve` accept from one shared socket, and a worker that wakes
 first accepts every connection waiting: 8 clients that connect at once often all land on one
@@ -7,73 +9,131 @@ worker of two, which then serves them alone for as long as they keep their conne
 clients measured 370 rps against 560 rps split 4/4, docs/performance.md). So each worker
 compares its open connections with its share of the server's, and a worker over its share
 answers one request with `Connection: close`; the client connects again, and the next accept
-mostly goes to a worker that is idle in its event loop, not to the busy one.
-
-The counts travel through small files that the workers of one server share (named after the
-`bentoml serve` process, their parent), refreshed at most every `interval_s` by the requests
-themselves: an idle worker writes nothing, and a count older than a few intervals (a worker that
-went idle or died) counts as none.
+mostly goes to a worker that is idle in its event loop, not to the busy one. The same uneven
+spread is why admission counts the server's requests in flight, not one worker's: a limit per
+worker refuses clients of the busier worker while the other has room (docs/overload.md).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import math
+import mmap
 import os
+import shutil
 import time
 from pathlib import Path
 
-from serving.reload import server_file, write_whole
+from serving.reload import server_file
 
-STALE_INTERVALS = 4  # a worker's count older than this many intervals is not counted
+PREFIX = "gamerec-workers"  # the directory of a server's counts: PREFIX-<its pid>
+IN_FLIGHT, CONNECTIONS = 0, 1  # the fields of a worker's counts
+FIELDS = 2
+_SIZE = 8 * FIELDS  # int64 each
+
+
+class WorkerCounts:
+    """Counts this worker publishes, and the sums of the same counts of the server's other
+    workers. Each worker maps a small file of its own (named by its pid, in a directory named
+    after the server) into memory, and maps the others' read-only: a publish or a read is a
+    memory access, no system call, so the admission of every request can read the server's
+    count. The directory is listed again at most every `rescan_s`; the file of a worker whose
+    process is gone is dropped then and removed. (No atexit removes it: uvicorn re-raises the
+    SIGTERM it stopped on, and a killed worker runs nothing.)"""
+
+    def __init__(self, directory: Path, pid: int, rescan_s: float = 1.0) -> None:
+        self.directory, self.pid, self.rescan_s = directory, pid, rescan_s
+        self.path = directory / str(pid)
+        partial = directory / f".{pid}.tmp"
+        partial.write_bytes(bytes(_SIZE))
+        partial.replace(self.path)  # whole: a reader never maps a short file
+        self._mine = _mapped(self.path, writable=True)
+        self._peers: dict[int, memoryview] = {}
+        self._scanned_at = -math.inf
+
+    @classmethod
+    def of_this_worker(cls) -> WorkerCounts:
+        """In a worker: the counts of the `bentoml serve` process that started it."""
+        directory = server_file(PREFIX)
+        _remove_those_of_dead_servers(directory.parent)
+        directory.mkdir(exist_ok=True)
+        return cls(directory, os.getpid())
+
+    def publish(self, field: int, value: int) -> None:
+        self._mine[field] = value
+
+    def others(self, field: int) -> int:
+        """The sum of `field` over the server's other live workers."""
+        if time.monotonic() - self._scanned_at >= self.rescan_s:
+            self._rescan()
+        return sum(view[field] for view in self._peers.values())
+
+    def _rescan(self) -> None:
+        self._scanned_at = time.monotonic()
+        for pid in [pid for pid in self._peers if not _alive(pid)]:
+            self._peers.pop(pid).release()
+            with contextlib.suppress(OSError):
+                (self.directory / str(pid)).unlink()
+        for path in self.directory.iterdir():
+            if not path.name.isdigit() or int(path.name) in (self.pid, *self._peers):
+                continue
+            pid = int(path.name)
+            if not _alive(pid):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            with contextlib.suppress(OSError, ValueError):  # gone meanwhile, or not ours
+                self._peers[pid] = _mapped(path, writable=False)
+
+
+def _mapped(path: Path, writable: bool) -> memoryview:
+    """The counts in `path` as int64s, shared with every process that maps the file."""
+    with path.open("r+b" if writable else "rb") as file:  # the mapping outlives the file
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        return memoryview(mmap.mmap(file.fileno(), _SIZE, access=access)).cast("q")
+
+
+def _remove_those_of_dead_servers(parent: Path) -> None:
+    """The directories of servers gone (their workers stop by signal, leaving their files)."""
+    for directory in parent.glob(f"{PREFIX}-*"):
+        server_pid = directory.name.removeprefix(f"{PREFIX}-")
+        if server_pid.isdigit() and not _alive(int(server_pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
 
 
 class ConnectionShare:
     """This worker's open connections against its share of those of all `workers`."""
 
-    def __init__(self, directory: Path, workers: int, interval_s: float, pid: int) -> None:
-        self.directory, self.workers, self.interval_s = directory, workers, interval_s
-        self.path = directory / str(pid)
+    def __init__(self, counts: WorkerCounts, workers: int, interval_s: float) -> None:
+        self.counts, self.workers, self.interval_s = counts, workers, interval_s
         self._refreshed_at = -math.inf
         self._excess = 0
 
-    @classmethod
-    def of_this_worker(cls, workers: int, interval_s: float) -> ConnectionShare:
-        """In a worker: the files of the `bentoml serve` process that started it."""
-        directory = server_file("gamerec-connections")
-        directory.mkdir(exist_ok=True)
-        share = cls(directory, workers, interval_s, os.getpid())
-        atexit.register(share.path.unlink, missing_ok=True)
-        return share
+    def connections_changed(self, mine: int) -> None:
+        self.counts.publish(CONNECTIONS, mine)
 
     def should_close(self, mine: int) -> bool:
         """Whether to close one of this worker's `mine` connections after its response: once
         an interval at most, while it holds more than its share."""
         now = time.monotonic()
         if now - self._refreshed_at >= self.interval_s:
-            self._refresh(mine, now)
+            self._refreshed_at = now
+            total = mine + self.counts.others(CONNECTIONS)
+            # One close an interval at most: under overload a burst of reconnections waits in
+            # the busy workers' accept queues, and clients time out (1,360 of 1,024 clients at
+            # once in 20 s, against none without; docs/performance.md, round 6).
+            self._excess = min(1, mine - math.ceil(total / self.workers))
         if self._excess <= 0:
             return False
         self._excess -= 1
         return True
-
-    def _refresh(self, mine: int, now: float) -> None:
-        self._refreshed_at = now
-        write_whole(self.path, str(mine))
-        total = mine + sum(self._others_counts())
-        # One close an interval at most: under overload a burst of reconnections waits in
-        # the busy workers' accept queues, and clients time out (1,360 of 1,024 clients at
-        # once in 20 s, against none without; docs/performance.md, round 6).
-        self._excess = min(1, mine - math.ceil(total / self.workers))
-
-    def _others_counts(self) -> list[int]:
-        fresh_after = time.time() - STALE_INTERVALS * self.interval_s
-        counts = []
-        for path in self.directory.iterdir():
-            if path == self.path or path.name.startswith("."):
-                continue
-            with contextlib.suppress(OSError, ValueError):  # a worker gone meanwhile
-                if path.stat().st_mtime >= fresh_after:
-                    counts.append(int(path.read_text()))
-        return counts

@@ -100,7 +100,7 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.method import APIMethod
 from _bentoml_sdk.service.factory import Service
 from bentoml._internal.configuration.containers import BentoMLContainer
-from bentoml._internal.context import trace_context
+from bentoml._internal.context import server_context, trace_context
 from bentoml._internal.server.http import traffic
 from bentoml._internal.service.openapi.specification import OpenAPISpecification, Schema
 from bentoml._internal.service.openapi.utils import exception_components_schema
@@ -108,7 +108,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serving.balance import ConnectionShare
+from serving.balance import ConnectionShare, WorkerCounts
 from serving.guard import GUARD_RESPONSES, Admission, ErrorMessage, InFlight
 from serving.settings import ConnectionsConfig
 
@@ -140,10 +140,7 @@ def apply_global_fixes(
     patch_timeout_middleware()
     correct_openapi_spec()
     reuse_per_request_work()
-    share = None
-    if entry_workers > 1 and connections.balance_interval_s > 0:
-        share = ConnectionShare.of_this_worker(entry_workers, connections.balance_interval_s)
-    serve_with_connection_limits(connections, admission, share)
+    serve_with_connection_limits(connections, admission, entry_workers)
     _applied = True
 
 
@@ -341,11 +338,15 @@ def deadline_protocol(
             if len(self.connections) > limits.max_connections:
                 transport.close()
                 return
+            if share is not None:
+                share.connections_changed(len(self.connections))
             self._arm_header_deadline()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_deadline()
             super().connection_lost(exc)
+            if share is not None:
+                share.connections_changed(len(self.connections))
 
         def on_message_begin(self) -> None:  # the first byte of a request
             super().on_message_begin()
@@ -451,15 +452,29 @@ _ORIGINAL_UVICORN_CONFIG_INIT = uvicorn.Config.__init__
 
 
 def serve_with_connection_limits(
-    limits: ConnectionsConfig, admission: Admission, share: ConnectionShare | None = None
+    limits: ConnectionsConfig, admission: Admission, entry_workers: int = 1
 ) -> None:
     """Fixes 9 and 10: the uvicorn of this worker (its `Config`, built by BentoML after the
-    service is imported) serves with `deadline_protocol(limits, admission, share)`, unless
-    told another protocol."""
-    protocol = deadline_protocol(limits, admission, share)
+    service is imported) serves with `deadline_protocol`, unless told another protocol. In
+    an entry worker of a server with `entry_workers` of them, admission counts the server's
+    requests and the connections are balanced (fix 10), through `WorkerCounts`."""
 
     def config_init(self: uvicorn.Config, *args, **kwargs) -> None:
-        kwargs.setdefault("http", protocol)
+        kwargs.setdefault("http", _protocol_of_this_worker(limits, admission, entry_workers))
         _ORIGINAL_UVICORN_CONFIG_INIT(self, *args, **kwargs)
 
     uvicorn.Config.__init__ = config_init
+
+
+def _protocol_of_this_worker(
+    limits: ConnectionsConfig, admission: Admission, entry_workers: int
+) -> type[HttpToolsProtocol]:
+    # BentoML names the worker's service after importing it, before building uvicorn's Config:
+    # only now is it known whether this is an entry worker (the Embedder shares no counts).
+    share = None
+    if entry_workers > 1 and server_context.service_type == "entry_service":
+        counts = WorkerCounts.of_this_worker()
+        admission.share_with(counts)
+        if limits.balance_interval_s > 0:
+            share = ConnectionShare(counts, entry_workers, limits.balance_interval_s)
+    return deadline_protocol(limits, admission, share)

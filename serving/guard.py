@@ -17,6 +17,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.balance import IN_FLIGHT, WorkerCounts
+
 ADMIN_TOKEN_ENV = "GAMEREC_ADMIN_TOKEN"  # read in serving/settings.py; named in messages
 
 
@@ -30,7 +32,7 @@ GUARD_RESPONSES = {  # what `RequestGuard` answers for any POST
     408: "the body did not arrive within `connections.body_timeout_s`",
     413: "the body is over `limits.max_body_bytes`",
     415: "the body is not `Content-Type: application/json`",
-    503: "over `admission.max_in_flight` requests in this worker: retry after `Retry-After` s",
+    503: "over `admission.max_in_flight` requests in the server: retry after `Retry-After` s",
 }
 # Probes and metrics are never refused: a worker busy at its limit is still alive and ready.
 UNLIMITED_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
@@ -39,28 +41,30 @@ logger = logging.getLogger(__name__)
 # In /metrics: the refusals are answered before BentoML's request metrics see them.
 REFUSED = Counter(
     "gamerec_refused_requests",
-    "Requests refused with 503: over admission.max_in_flight in flight in their worker",
+    "Requests refused with 503: over admission.max_in_flight in flight in the server",
 )
 
 
 class Admission:
-    """The requests one worker is answering, and its limit: beyond it, a request gets 503 with
-    `Retry-After` at once. The worker's HTTP protocol (fix 9 of serving/bentoml_fixes.py)
-    both refuses and counts, before BentoML's middlewares see the request: under overload
-    those are most of the cost of a refusal (measured in docs/overload.md), and a count kept
-    inside the app lags the protocol's decisions (every request read in one turn of the event
-    loop was admitted against the same count)."""
+    """The requests the server is answering, and its limit: beyond it, a request gets 503 with
+    `Retry-After` at once. Each worker counts its own and, with `WorkerCounts` shared
+    (serving/balance.py), reads the others'. The worker's HTTP protocol (fix 9 of
+    serving/bentoml_fixes.py) both refuses and counts, before BentoML's middlewares see the
+    request: under overload those are most of the cost of a refusal (measured in
+    docs/overload.md), and a count kept inside the app lags the protocol's decisions (every
+    request read in one turn of the event loop was admitted against the same count)."""
 
     def __init__(
         self, max_in_flight: int, retry_after_s: int, inner_routes: tuple[str, ...] = ()
     ) -> None:
-        self.max_in_flight, self.in_flight = max_in_flight, 0
+        self.max_in_flight, self.in_flight = max_in_flight, 0  # in_flight: this worker's
+        self.workers: WorkerCounts | None = None  # the server's other workers, once shared
         # The Embedder's routes (its process imports the same module): only the entry workers
         # call them, each with at most `embedder.max_calls_in_flight` calls out.
         self.unlimited = UNLIMITED_PATHS | set(inner_routes)
         self.refused, self._logged_refused, self._logged_at = 0, 0, time.monotonic()
         message = (
-            f"overloaded: this worker is answering {max_in_flight} requests already; "
+            f"overloaded: the server is answering {max_in_flight} requests already; "
             f"retry after {retry_after_s} s"
         )
         # Rendered once: it is answered in bulk under overload.
@@ -74,9 +78,23 @@ class Admission:
         reload most under overload), not the Embedder's routes."""
         return path not in self.unlimited and not path.startswith(ADMIN_PATH)
 
+    def share_with(self, workers: WorkerCounts) -> None:
+        """Count against the server's limit: this worker's requests and its other workers'."""
+        self.workers = workers
+        workers.publish(IN_FLIGHT, self.in_flight)
+
+    def add(self, change: int) -> None:
+        self.in_flight += change
+        if self.workers is not None:
+            self.workers.publish(IN_FLIGHT, self.in_flight)
+
     def admits(self, path: str) -> bool:
-        """Whether a request for `path` may go on; a refusal is counted (and logged in bulk)."""
-        if self.in_flight < self.max_in_flight or not self.limits(path):
+        """Whether a request for `path` may go on; a refusal is counted (and logged in bulk).
+        Two workers may admit the last slot at once: the limit is held to within a request."""
+        if not self.limits(path):
+            return True
+        others = self.workers.others(IN_FLIGHT) if self.workers is not None else 0
+        if self.in_flight + others < self.max_in_flight:
             return True
         self.refused += 1
         REFUSED.inc()
@@ -123,13 +141,13 @@ class InFlight:
     def _count(self) -> None:
         if self.body_whole and self.started and not (self.counted or self.finished):
             self.counted = True
-            self.admission.in_flight += 1
+            self.admission.add(1)
 
     def _finish(self) -> None:
         if not self.finished:
             self.finished = True
             if self.counted:
-                self.admission.in_flight -= 1
+                self.admission.add(-1)
 
 
 class RequestGuard:

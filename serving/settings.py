@@ -61,10 +61,10 @@ class EmbedderConfig(Strict):
 
 
 class AdmissionConfig(Strict):
-    """How many requests an entry worker answers at once; beyond, 503 (serving/guard.py)."""
+    """How many requests the entry workers answer at once; beyond, 503 (serving/guard.py)."""
 
     max_in_flight: int = Field(
-        ge=1, description="requests past the guard per entry worker; more get 503 at once"
+        ge=1, description="requests in flight in all entry workers together; more get 503"
     )
     retry_after_s: int = Field(ge=1, description="the 503's Retry-After header, seconds")
 

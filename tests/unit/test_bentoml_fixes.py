@@ -19,6 +19,8 @@ import os
 import pathlib
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -50,7 +52,7 @@ from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving import bentoml_fixes as fixes
-from serving.balance import ConnectionShare
+from serving.balance import CONNECTIONS, ConnectionShare, WorkerCounts
 from serving.guard import Admission
 from serving.settings import ConnectionsConfig
 
@@ -1074,37 +1076,94 @@ def test_10_one_turn_of_a_worker_accepts_several_waiting_connections() -> None:
             client.close()
 
 
+def _two_workers(directory) -> tuple[WorkerCounts, WorkerCounts]:
+    """The counts of this worker and of another live one (this test's parent process)."""
+    return WorkerCounts(directory, os.getpid()), WorkerCounts(directory, os.getppid())
+
+
 def test_10_a_worker_over_its_share_closes_one_connection_after_its_response(tmp_path) -> None:
     limits = SLOW.model_copy(update={"max_connections": 10})
-    (tmp_path / "2").write_text("0")  # the other worker: no connection
-    share = ConnectionShare(tmp_path, workers=2, interval_s=60, pid=1)
+    mine, other = _two_workers(tmp_path)  # the other worker: no connection
+    share = ConnectionShare(mine, workers=2, interval_s=60)
 
     async def scenario() -> list[bytes]:
         async with _uvicorn(fixes.deadline_protocol(limits, share=share)) as port:
             streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
             await asyncio.sleep(0.1)  # both accepted: 2 here, a share of 1 each
+            seen_by_the_other = other.others(CONNECTIONS)
             answers = []
             for reader, writer in streams:
                 writer.write(HEAD + b"\r\n")
                 answers.append(await asyncio.wait_for(reader.read(4096), 2))
             for _, writer in streams:
                 writer.close()
-            return answers
+            await asyncio.sleep(0.1)
+            return [*answers, seen_by_the_other, other.others(CONNECTIONS)]
 
-    first, second = asyncio.run(scenario())
+    first, second, while_open, after = asyncio.run(scenario())
     assert first.startswith(b"HTTP/1.1 200 ") and b"connection: close\r\n" in first.lower()
     assert second.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in second.lower()
-    assert (tmp_path / "1").read_text() == "2"  # what the other workers read of this one
+    assert (while_open, after) == (2, 0)  # what the other workers read of this one
 
 
-def test_10_counts_of_idle_or_dead_workers_do_not_count(tmp_path) -> None:
-    other = tmp_path / "2"
-    other.write_text("6")
-    share = ConnectionShare(tmp_path, workers=2, interval_s=0.01, pid=1)
-    assert not share.should_close(4)  # 4 of 10: under its share of 5
-    old = time.time() - 1
-    os.utime(other, (old, old))  # the other worker wrote nothing for 100 intervals
+@contextlib.contextmanager
+def _worker_process(directory, connections: int, in_flight: int):
+    """Another worker, in a process of its own, that published its counts."""
+    code = (
+        "import sys, time; from serving.balance import *; "
+        f"c = WorkerCounts(__import__('pathlib').Path({str(directory)!r}), "
+        "__import__('os').getpid()); "
+        f"c.publish(CONNECTIONS, {connections}); c.publish(IN_FLIGHT, {in_flight}); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert worker.stdout.readline() == b"ready\n"
+        yield worker
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_10_counts_of_dead_workers_do_not_count(tmp_path) -> None:
+    share = ConnectionShare(WorkerCounts(tmp_path, os.getpid()), workers=2, interval_s=0.01)
+    with _worker_process(tmp_path, connections=6, in_flight=0) as other:
+        assert not share.should_close(4)  # 4 of 10: under its share of 5
+        other.kill()  # SIGKILL: its file stays behind
+        other.wait()
+    share.counts.rescan_s = 0
     time.sleep(0.02)
     assert [share.should_close(4) for _ in range(2)] == [True, False]  # 4 of 4: one a turn
+    assert not (tmp_path / str(other.pid)).exists()  # and its file is gone
     time.sleep(0.02)
     assert share.should_close(4)
+
+
+def test_10_a_worker_removes_the_counts_of_servers_gone(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    stale = tmp_path / f"gamerec-workers-{gone.pid}"
+    stale.mkdir()
+    (stale / "123").write_bytes(bytes(16))
+    counts = WorkerCounts.of_this_worker()
+    assert not stale.exists()
+    assert counts.path == tmp_path / f"gamerec-workers-{os.getppid()}" / str(os.getpid())
+
+
+def test_9_admission_counts_the_requests_of_every_worker(tmp_path) -> None:
+    """With a limit of 3 for the server: 2 in flight in another worker's process leave this
+    one room for 1; once that worker is gone, for 3."""
+    admission = Admission(max_in_flight=3, retry_after_s=1)
+    admission.share_with(WorkerCounts(tmp_path, os.getpid(), rescan_s=0))
+    with _worker_process(tmp_path, connections=0, in_flight=2) as other:
+        assert admission.admits("/recommend")
+        admission.add(1)
+        assert not admission.admits("/recommend")
+        assert admission.admits("/readyz")  # probes: never refused
+        other.kill()
+        other.wait()
+    assert admission.admits("/recommend")
+    admission.add(2)
+    assert not admission.admits("/recommend")
+    assert admission.refused == 2
