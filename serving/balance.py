@@ -30,6 +30,9 @@ PREFIX = "gamerec-workers"  # the directory of a server's counts: PREFIX-<its pi
 IN_FLIGHT, CONNECTIONS = 0, 1  # the fields of a worker's counts
 FIELDS = 2
 _SIZE = 8 * FIELDS  # int64 each
+# How stale the list of workers may be: a killed worker's requests count this long at most
+# (at 1 s, 64 clients that retry at once got 25,803 503s around a kill; docs/overload.md).
+RESCAN_S = 0.25
 
 
 class WorkerCounts:
@@ -41,7 +44,7 @@ class WorkerCounts:
     process is gone is dropped then and removed. (No atexit removes it: uvicorn re-raises the
     SIGTERM it stopped on, and a killed worker runs nothing.)"""
 
-    def __init__(self, directory: Path, pid: int, rescan_s: float = 1.0) -> None:
+    def __init__(self, directory: Path, pid: int, rescan_s: float = RESCAN_S) -> None:
         self.directory, self.pid, self.rescan_s = directory, pid, rescan_s
         self.path = directory / str(pid)
         partial = directory / f".{pid}.tmp"
@@ -102,6 +105,18 @@ def _remove_those_of_dead_servers(parent: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs: not gone, and not a zombie (a killed worker stays one until the
+    arbiter reaps it, which took seconds under load: its count held the server's slots)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: whether a process of that pid exists at all
+        return _exists(pid)
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")  # after "pid (name)"
+
+
+def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

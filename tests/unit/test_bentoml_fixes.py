@@ -1130,11 +1130,11 @@ def test_10_counts_of_dead_workers_do_not_count(tmp_path) -> None:
     with _worker_process(tmp_path, connections=6, in_flight=0) as other:
         assert not share.should_close(4)  # 4 of 10: under its share of 5
         other.kill()  # SIGKILL: its file stays behind
-        other.wait()
-    share.counts.rescan_s = 0
-    time.sleep(0.02)
-    assert [share.should_close(4) for _ in range(2)] == [True, False]  # 4 of 4: one a turn
-    assert not (tmp_path / str(other.pid)).exists()  # and its file is gone
+        os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # dead, a zombie: not reaped
+        share.counts.rescan_s = 0
+        time.sleep(0.02)
+        assert [share.should_close(4) for _ in range(2)] == [True, False]  # 4 of 4: one a turn
+        assert not (tmp_path / str(other.pid)).exists()  # and its file is gone
     time.sleep(0.02)
     assert share.should_close(4)
 
