@@ -55,10 +55,13 @@ EMBEDDER_ROUTES = ("/top_k", "/load")
 ADMISSION = Admission(
     SETTINGS.admission.max_in_flight, SETTINGS.admission.retry_after_s, EMBEDDER_ROUTES
 )
-bentoml_fixes.apply_global_fixes(
-    SETTINGS.connections, ADMISSION, entry_workers(SETTINGS, PLACEMENT)
-)
 UNTRACED_ROUTES = () if SETTINGS.trace_recommend else ("/recommend", "/recommend_batch")
+bentoml_fixes.apply_global_fixes(
+    SETTINGS.connections,
+    ADMISSION,
+    entry_workers(SETTINGS, PLACEMENT),
+    untraced_routes=(*UNTRACED_ROUTES, *EMBEDDER_ROUTES),
+)
 
 
 @bentoml.service(
@@ -129,6 +132,7 @@ class GameRec:
             counted(self._runner()),
             max_batch=SETTINGS.batching.max_batch_size,
             max_in_flight=SETTINGS.embedder.max_calls_in_flight,
+            alone=lambda: ADMISSION.in_flight <= 1,  # this request is the worker's only one
         )
         bentoml_fixes.freeze_startup_objects()
 
@@ -143,7 +147,9 @@ class GameRec:
 
     def _runner(self) -> Rank:
         if PLACEMENT == "in_process":
-            return in_this_process(self.versions, SETTINGS.faiss_threads)
+            return in_this_process(
+                self.versions, SETTINGS.faiss_threads, SETTINGS.batching.inline_budget_ms
+            )
         return via_embedder(
             lambda queries: self.embedder.to_async.top_k(queries), SETTINGS.embedder
         )

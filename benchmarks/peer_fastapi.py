@@ -3,10 +3,11 @@ worker process, the user tower and the FAISS search run per request (no batching
 
     GAMEREC_MODEL_TAG=gamerec:latest python -m benchmarks.peer_fastapi --port 3001 --workers 2
 
-It loads the same stored model and answers `POST /recommend` with the same validation, the
-same request path as `service.py` (`serving.orchestration.recommend`) and, when the service
-writes one (`access_log`), an access log line per request, so that the benchmark compares
-serving designs, not features: only where the user tower and FAISS run differs.
+It loads the same stored model and answers `POST /recommend` with the same validation (the
+service's request guard: body size, JSON content type, repeated keys; then the same pydantic
+model), the same request path as `service.py` (`serving.orchestration.recommend`) and, when the
+service writes one (`access_log`), an access log line per request, so that the benchmark
+compares serving designs, not features: only where the user tower and FAISS run differs.
 
 Why a launcher instead of `uvicorn --workers N`: uvicorn's workers get the listening socket
 through `socket.fromfd`, whose protocol number is 0, and asyncio only sets TCP_NODELAY on
@@ -25,6 +26,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
+from serving.guard import RequestGuard
 from serving.orchestration import ServedModel, in_this_process, load_recommender, recommend
 from serving.recommender import ModelVersions
 from serving.schemas import RecommendRequest, RecommendResponse
@@ -36,6 +38,12 @@ SERVED = ServedModel.of(load_recommender(SETTINGS.model_tag, SETTINGS))
 VERSIONS = ModelVersions(lambda _: SERVED.recommender, keep=SETTINGS.model_versions_kept)
 
 app = FastAPI(title="GameRec peer: FastAPI, per-request inference")
+app.add_middleware(
+    RequestGuard,
+    max_bytes=SETTINGS.limits.max_body_bytes,
+    admin_token=SETTINGS.admin_token.get_secret_value(),
+    body_timeout_s=SETTINGS.connections.body_timeout_s,
+)
 
 
 @app.get("/readyz")
@@ -44,8 +52,8 @@ def readyz() -> dict[str, str]:
 
 
 # The user tower and FAISS in this process, for this request alone (no batching, no hop), in a
-# worker thread as FastAPI runs a blocking handler.
-RANK_HERE = in_this_process(VERSIONS, SETTINGS.faiss_threads)
+# worker thread as FastAPI runs a blocking handler (an inline budget of 0: never on the loop).
+RANK_HERE = in_this_process(VERSIONS, SETTINGS.faiss_threads, inline_budget_ms=0)
 
 
 @app.post("/recommend")

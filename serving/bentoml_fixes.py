@@ -19,8 +19,10 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    request and never cancels it; each timer handle keeps a copy of the request's context
    (its tracing span included) for `traffic.timeout` seconds, so the heap grows under load and
    full garbage collections stall a worker for 100-300 ms. A handler that fails before
-   responding also made the original wait out the whole timeout and swallow the error.
-   `patch_timeout_middleware` cancels the timer and re-raises at once;
+   responding also made the original wait out the whole timeout and swallow the error, and it
+   runs every request's app in a task of its own (`ensure_future` and `asyncio.wait` per
+   request). `patch_timeout_middleware` runs the app in the request's own task under a
+   deadline that the response's first message lifts, and re-raises at once;
    `freeze_startup_objects` moves the objects made at start-up out of the collector's way.
 3. A JSON schema per response (no upstream issue; issue 4784 is the same pattern in the 1.1
    code). `IOMixin.mime_type()` calls `model_json_schema()` on every response of an API whose
@@ -34,7 +36,9 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    sampler records every span even with sample rate 0 and no exporter (the defaults), about a
    quarter of the entry service's CPU per recommendation. `untraced_routes_config` excludes the
    hot routes (the mechanism of PR 2843) unless `trace_recommend` says otherwise; those routes
-   then answer without `X-BentoML-Request-ID`.
+   then answer without `X-BentoML-Request-ID`. Even excluded, a request first has its whole URL
+   built and matched against the patterns; `skip_tracing_of` lets these exact paths through
+   the middleware at once.
 6. The OpenAPI spec (`/docs.json`): labelled 3.0.2 but written in JSON Schema 2020-12 (issue
    3177 is the closest report), request bodies not marked required, and the 400's `detail`
    declared a string where the server sends the list of validation errors (issue 4232).
@@ -50,8 +54,12 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    `functools.wraps`); `ServiceAppFactory._add_response_headers` is a simple_di `@inject`
    function (`inspect.Signature.bind_partial` per call) that reads the logging format and the
    `http.response.trace_id` setting on every response. Together about a tenth of the entry
-   worker's event-loop time at one client (py-spy, docs/performance.md). `reuse_per_request_work`
-   builds each local caller once per service instance and reads the two settings once.
+   worker's event-loop time at one client (py-spy, docs/performance.md). `api_endpoint` itself
+   imports six names, runs `inspect` checks on the method and reads `model_fields` on the
+   parsed input (an instance: pydantic 2.11+ answers through its deprecation-warning machinery)
+   for every request. `reuse_per_request_work` builds each local caller once per service
+   instance, reads the two settings once, and answers a JSON request to a plain API (a
+   coroutine taking fields: `/recommend`) with that work done once per API.
 9. Connections that hold a worker (uvicorn issue 157, "Further timeouts and resource
    limiting": `--timeout-request-start` was planned and never made). BentoML 1.4.40 builds
    uvicorn's `Config` itself (`_bentoml_impl/worker/service.py`) with only `backlog` and
@@ -79,6 +87,20 @@ written for and `check_bentoml_version` stops the service on any other (1.4.40 i
    `Connection: close` while its worker holds more than its share of the server's
    connections (`connections.balance_interval_s`); the client's next connection mostly goes
    to the idle worker.
+11. A whole body sent in two messages (no upstream issue). `IOMixin.to_http_response` wraps a
+   model serialized whole (one bytes chunk) in an `IterableResponse`, which sends it as a body
+   message with `more_body` and then an empty one: a second trip through every middleware's
+   send wrapper (metrics, access log, timeout, error handlers) and uvicorn's.
+   `send_whole_bodies_whole` sends such a body as one message.
+12. Label lookups per request (no upstream issue). `RunnerTrafficMetricsMiddleware` calls
+   `labels(**names)` on four metrics for every request (argument checks, a lock, a dict); the
+   middleware was about 4% of a request's CPU at one client. `reuse_metric_labels` looks each
+   labelled child up once per endpoint and status: the same metrics, labels and values.
+13. Two writes per response (uvicorn 0.55's httptools protocol; no upstream issue found). It
+   writes the response head on `http.response.start` and the body on `http.response.body`: two
+   TCP segments (its sockets set TCP_NODELAY) and two wake-ups of the client.
+   `deadline_protocol` (fix 9) holds the head until the body's first bytes and writes both at
+   once (`_OneWrite`).
 """
 
 from __future__ import annotations
@@ -86,24 +108,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import json
 import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib.metadata import version
+from timeit import default_timer
 from types import SimpleNamespace
 
 import attr
 import bentoml
 import uvicorn
+from _bentoml_impl.serde import JSONSerde
 from _bentoml_impl.server.app import ServiceAppFactory
+from _bentoml_sdk.io_models import ARGS, KWARGS, IterableResponse
 from _bentoml_sdk.method import APIMethod
 from _bentoml_sdk.service.factory import Service
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.context import server_context, trace_context
-from bentoml._internal.server.http import traffic
+from bentoml._internal.server.http import instruments, traffic
 from bentoml._internal.service.openapi.specification import OpenAPISpecification, Schema
 from bentoml._internal.service.openapi.utils import exception_components_schema
+from bentoml._internal.utils import get_original_func
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -129,18 +158,25 @@ def check_bentoml_version(installed: str | None = None) -> None:
 
 
 def apply_global_fixes(
-    connections: ConnectionsConfig, admission: Admission, entry_workers: int = 1
+    connections: ConnectionsConfig,
+    admission: Admission,
+    entry_workers: int = 1,
+    untraced_routes: Iterable[str] = (),
 ) -> None:
-    """Fixes 2, 6, 8, 9 and 10, which replace BentoML's own code; applied once per process
-    (`entry_workers`: of the server, for fix 10)."""
+    """Fixes 2, 5 (its fast path for `untraced_routes`), 6, 8, 9 to 13, which replace BentoML's
+    or uvicorn's own code; applied once per process (`entry_workers`: of the server, for fix
+    10)."""
     global _applied
     if _applied:
         return
     check_bentoml_version()
     patch_timeout_middleware()
+    skip_tracing_of(untraced_routes)
     correct_openapi_spec()
     reuse_per_request_work()
     serve_with_connection_limits(connections, admission, entry_workers)
+    send_whole_bodies_whole()
+    reuse_metric_labels()
     _applied = True
 
 
@@ -168,6 +204,26 @@ def untraced_routes_config(*routes: str) -> dict:
     return {"tracing": {"excluded_urls": [f"{re.escape(r)}$" for r in routes]}}
 
 
+_ORIGINAL_OTEL_CALL = OpenTelemetryMiddleware.__call__
+
+
+def skip_tracing_of(routes: Iterable[str]) -> None:
+    """Fix 5, faster: a request for one of these exact paths passes the OpenTelemetry
+    middleware at once. Its own exclusion (the `excluded_urls` that `untraced_routes_config`
+    sets) first builds the request's whole URL and matches it against the patterns: 1-2% of a
+    request's CPU (docs/performance.md, round 9)."""
+    untraced = frozenset(routes)
+    if not untraced:
+        return
+
+    async def call(self: OpenTelemetryMiddleware, scope: Scope, receive: Receive, send: Send):
+        if scope.get("path") in untraced:
+            return await self.app(scope, receive, send)
+        return await _ORIGINAL_OTEL_CALL(self, scope, receive, send)
+
+    OpenTelemetryMiddleware.__call__ = call
+
+
 def cache_media_types(*services: object) -> None:
     """Fix 3: each API's response media type, computed once instead of per response."""
     for service in services:
@@ -178,29 +234,30 @@ def cache_media_types(*services: object) -> None:
 async def _timeout_middleware_call(
     self: traffic.TimeoutMiddleware, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """BentoML's own `TimeoutMiddleware.__call__`, with the timer cancelled once it has served."""
+    """BentoML's `TimeoutMiddleware.__call__`, with its semantics (504 if nothing is sent
+    within the timeout; no limit once the response has started) but no timer left behind and
+    no task of its own: the app runs in the request's task, under a deadline that the
+    response's first message lifts."""
     if scope["type"] not in ("http", "websocket"):
         return await self.app(scope, receive, send)
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-    timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+    started = False
 
-    async def started(message: dict) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
+    async def starting(message: dict) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            if not deadline.expired():
+                deadline.reschedule(None)
         await send(message)
 
-    handler = asyncio.ensure_future(self.app(scope, receive, started))
     try:
-        # The handler may also end without sending anything (an exception): then it is done.
-        await asyncio.wait({waiter, handler}, return_when=asyncio.FIRST_COMPLETED)
-        if not handler.done() and waiter.exception() is not None and handler.cancel():
-            message = f"Not able to process the request in {self.timeout} seconds"
-            await JSONResponse({"error": message}, status_code=504)(scope, receive, send)
-        else:
-            await handler
-    finally:
-        timer.cancel()
+        async with asyncio.timeout(self.timeout) as deadline:
+            await self.app(scope, receive, starting)
+    except TimeoutError:
+        if started or not deadline.expired():
+            raise  # not this deadline's: the app's own
+        message = f"Not able to process the request in {self.timeout} seconds"
+        await JSONResponse({"error": message}, status_code=504)(scope, receive, send)
 
 
 def patch_timeout_middleware() -> None:
@@ -301,10 +358,178 @@ def _add_response_headers(self: ServiceAppFactory, resp: Response) -> None:
         resp.headers["X-BentoML-Trace-ID"] = format(trace_context.trace_id, trace_format)
 
 
+_ORIGINAL_API_ENDPOINT = ServiceAppFactory.api_endpoint
+_JSON_SERDE = JSONSerde()
+
+
+@attr.frozen
+class _PlainJsonApi:
+    """What `api_endpoint` works out per request about an API that takes a JSON object of
+    fields and is a coroutine: worked out once."""
+
+    fields: tuple[str, ...]
+    input_spec: type
+    output_spec: type
+
+
+@functools.cache
+def _plain_json_api(service: Service, name: str) -> _PlainJsonApi | None:
+    """The API `name` of `service` if it is a plain one (no batching, context parameter, root
+    or multipart input, *args or **kwargs), else None."""
+    method = service.apis[name]
+    spec = method.input_spec
+    fields = tuple(spec.model_fields)
+    plain = not (
+        method.batchable
+        or method.ctx_param is not None
+        or getattr(spec, "__root_input__", False)
+        or spec.multipart_fields
+        or ARGS in fields
+        or KWARGS in fields
+        or not inspect.iscoroutinefunction(get_original_func(method.func))
+    )
+    return _PlainJsonApi(fields, spec, method.output_spec) if plain else None
+
+
+async def _api_endpoint(self: ServiceAppFactory, name: str, request: Request) -> Response:
+    """BentoML's `ServiceAppFactory.api_endpoint` for a JSON request to a plain API (every other
+    goes to the original): the same parse, call and response, without the per-request imports,
+    the `inspect` checks and the read of `model_fields` on an instance, which pydantic 2.11+
+    answers through its deprecation warning machinery."""
+    api = _plain_json_api(self.service, name)
+    media_type = request.headers.get("content-type", "application/json")
+    if api is None or media_type.split(";")[0].strip() != "application/json":
+        return await _ORIGINAL_API_ENDPOINT(self, name, request)
+    data = api.input_spec.model_validate_json(await request.body() or b"{}")
+    output = await getattr(self._service_instance, name).local(
+        **{field: getattr(data, field) for field in api.fields}
+    )
+    if isinstance(output, Response):
+        return output
+    return await api.output_spec.to_http_response(output, _JSON_SERDE)
+
+
 def reuse_per_request_work() -> None:
     """Fix 8."""
     APIMethod._local_call = _local_call_once
     ServiceAppFactory._add_response_headers = _add_response_headers
+    ServiceAppFactory.api_endpoint = _api_endpoint
+
+
+# Fix 11: a body serialized whole is sent whole.
+_ORIGINAL_ITERABLE_INIT = IterableResponse.__init__
+_ORIGINAL_ITERABLE_CALL = IterableResponse.__call__
+
+
+def _whole_body_init(
+    self: IterableResponse,
+    content: Iterable[bytes | memoryview],
+    headers: dict[str, str] | None = None,
+    media_type: str | None = None,
+    status_code: int = 200,
+    background: object = None,
+) -> None:
+    """BentoML's `IterableResponse`, but content given whole (a model serialized to JSON is a
+    tuple of bytes) becomes a plain body, sent in one message."""
+    whole = isinstance(content, tuple | list)
+    if whole and all(isinstance(chunk, bytes | memoryview) for chunk in content):
+        Response.__init__(self, b"".join(content), status_code, headers, media_type, background)
+    else:
+        _ORIGINAL_ITERABLE_INIT(self, content, headers, media_type, status_code, background)
+
+
+async def _whole_body_call(self: IterableResponse, scope: Scope, receive: Receive, send: Send):
+    if hasattr(self, "body_iterator"):
+        return await _ORIGINAL_ITERABLE_CALL(self, scope, receive, send)
+    return await Response.__call__(self, scope, receive, send)
+
+
+def send_whole_bodies_whole() -> None:
+    """Fix 11."""
+    IterableResponse.__init__ = _whole_body_init
+    IterableResponse.__call__ = _whole_body_call
+
+
+# Fix 12: the labelled children of BentoML's request metrics, looked up once per endpoint.
+_ORIGINAL_METRICS_CALL = instruments.RunnerTrafficMetricsMiddleware.__call__
+ENDPOINTS_REMEMBERED = 1024  # paths come from clients: beyond this many, looked up per request
+
+
+@attr.define
+class _EndpointMetrics:
+    """One endpoint's labelled metrics: the last request's time (None on a skipped path), the
+    requests in progress, and per response status the count and the duration."""
+
+    last_request: object | None
+    in_progress: object
+    by_status: dict[int, tuple[object, object]] = attr.field(factory=dict)
+
+
+def _endpoint_metrics(self: instruments.RunnerTrafficMetricsMiddleware, endpoint: str):
+    remembered = self.__dict__.setdefault("_gamerec_endpoints", {})
+    found = remembered.get(endpoint)
+    if found is None:
+        names = _metric_names()
+        skipped = endpoint.startswith(tuple(self.skip_paths))
+        found = _EndpointMetrics(
+            None if skipped else self.metrics_last_request_timestamp.labels(**names),
+            self.metrics_request_in_progress.labels(endpoint=endpoint, **names),
+        )
+        if len(remembered) < ENDPOINTS_REMEMBERED:
+            remembered[endpoint] = found
+    return found
+
+
+def _metric_names() -> dict[str, object]:
+    return {
+        "service_name": server_context.bento_name,
+        "service_version": server_context.bento_version,
+        "runner_name": server_context.service_name,
+    }
+
+
+async def _metrics_call(
+    self: instruments.RunnerTrafficMetricsMiddleware, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """BentoML's `RunnerTrafficMetricsMiddleware.__call__` for HTTP requests, the same metrics
+    with the same labels and values, but each labelled child looked up once: the original calls
+    `labels(**names)` four times a request (the whole middleware was about 4% of a request's CPU
+    at one client, docs/performance.md, round 9). WebSockets and `/metrics` go to the
+    original."""
+    if scope["type"] != "http" or scope["path"] == "/metrics":
+        return await _ORIGINAL_METRICS_CALL(self, scope, receive, send)
+    if not self._is_setup:
+        self._setup()
+    endpoint = scope["path"]
+    metrics = _endpoint_metrics(self, endpoint)
+    if metrics.last_request is not None:
+        metrics.last_request.set_to_current_time()
+    start, status = default_timer(), 0
+
+    async def measured_send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            counted = metrics.by_status.get(status)
+            if counted is None:
+                labels = {"endpoint": endpoint, "http_response_code": status, **_metric_names()}
+                counted = (
+                    self.metrics_request_total.labels(**labels),
+                    self.metrics_request_duration.labels(**labels),
+                )
+                metrics.by_status[status] = counted
+            counted[0].inc()
+            counted[1].observe(max(default_timer() - start, 0))
+        await send(message)
+
+    with metrics.in_progress.track_inprogress():
+        await self.app(scope, receive, measured_send)
+
+
+def reuse_metric_labels() -> None:
+    """Fix 12."""
+    instruments.RunnerTrafficMetricsMiddleware.__call__ = _metrics_call
 
 
 # Fix 9: deadlines and a cap for the connections of the worker's uvicorn.
@@ -351,7 +576,12 @@ def deadline_protocol(
         def on_message_begin(self) -> None:  # the first byte of a request
             super().on_message_begin()
             self._request_begun = True
-            if self._header_deadline is None:  # not the connection's first request
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # A request begun in this read whose headers did not come whole with it: its
+            # deadline starts now (a request that arrived whole, the usual case, arms none).
+            if self._request_begun and self._header_deadline is None:
                 self._arm_header_deadline()
 
         def on_headers_complete(self) -> None:
@@ -380,18 +610,27 @@ def deadline_protocol(
                 self.transport.close()
 
         def _start_counted(self, path: str) -> None:
-            """uvicorn's start of the request, its app wrapped in `InFlight` if it counts."""
-            if admission is None or not admission.limits(path):
-                return super().on_headers_complete()
+            """uvicorn's start of the request, its app wrapped in `InFlight` if it counts, its
+            response head held for its body (`_OneWrite`)."""
             before = self.cycle
-            queued = before is not None and not before.response_complete
-            served, self.app = self.app, InFlight(self.app, admission, queued)
+            app = self.app
+            if admission is not None and admission.limits(path):
+                queued = before is not None and not before.response_complete
+                app = InFlight(self.app, admission, queued)
+            served, self.app = self.app, app
             try:
                 super().on_headers_complete()
-                if self.cycle is not before:  # else upgraded: no request of ours to count
-                    self._in_flight = self.app
             finally:
                 self.app = served
+            if self.cycle is not before:  # else upgraded: no request of ours
+                self.cycle.transport = _OneWrite(self.cycle.transport)
+                if isinstance(app, InFlight):
+                    self._in_flight = app
+
+        def on_response_complete(self) -> None:
+            if isinstance(getattr(self.cycle, "transport", None), _OneWrite):
+                self.cycle.transport.flush()  # a response without body bytes (HEAD, 204)
+            super().on_response_complete()
 
         def on_message_complete(self) -> None:  # the request's whole body is in
             super().on_message_complete()
@@ -419,6 +658,37 @@ def deadline_protocol(
             self.transport.close()
 
     return DeadlineProtocol
+
+
+class _OneWrite:
+    """Fix 13: a request/response cycle's transport that holds the response head until the
+    first bytes of its body, and writes both at once. uvicorn's httptools protocol writes the
+    head on `http.response.start` and the body on `http.response.body`: two writes, two TCP
+    segments (its sockets set TCP_NODELAY), two wake-ups of the client; one write is 1-2% of a
+    request's CPU at one client (docs/performance.md, round 9). Any other use of the transport
+    (close, is_closing, a 100 Continue) writes what it holds first."""
+
+    __slots__ = ("head", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport, self.head = transport, b""
+
+    def write(self, data: bytes) -> None:
+        if not self.head and data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):
+            self.head = data  # a final response's status line and headers
+            return
+        if self.head:
+            data, self.head = self.head + data, b""
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head:
+            head, self.head = self.head, b""
+            self.transport.write(head)
+
+    def __getattr__(self, name: str) -> object:
+        self.flush()
+        return getattr(self.transport, name)
 
 
 class _Answered:

@@ -36,40 +36,63 @@ class Coalescer(Generic[Query, Answer]):
     """`await coalescer(queries)` answers like `call(queries)`, but at most `max_in_flight`
     calls run at once; the queries of the callers waiting meanwhile go out together in the
     next call, up to `max_batch` queries per call (a caller with more goes alone) and, after an
-    answered call, up to half of the queries in play."""
+    answered call, up to half of the queries in play.
+
+    A call takes its callers when it starts, a turn of the event loop after it was due: every
+    caller that arrives in that turn (the requests read from the sockets in one turn) goes with
+    it. A caller that is `alone` (no other request in the worker) when no call is out is called
+    at once, without the turn and the task (`docs/performance.md`, round 9)."""
 
     def __init__(
         self,
         call: Callable[[list[Query]], Awaitable[Sequence[Answer]]],
         max_batch: int,
         max_in_flight: int,
+        alone: Callable[[], bool] = lambda: False,
     ) -> None:
         self.call, self.max_batch, self.max_in_flight = call, max_batch, max_in_flight
+        self.alone = alone
         self._waiting: deque[tuple[list[Query], asyncio.Future[list[Answer]]]] = deque()
-        self._in_flight = 0
+        self._in_flight = 0  # calls out, and the call due to start (`_due`)
+        self._due = False
 
     async def __call__(self, queries: list[Query]) -> list[Answer]:
+        if not self._in_flight and not self._waiting and self.alone():
+            return await self._call_alone(queries)
         future: asyncio.Future[list[Answer]] = asyncio.get_running_loop().create_future()
         self._waiting.append((queries, future))
-        self._send_waiting()
+        self._start_call()
         return await future
 
-    def _send_waiting(self, answered: int = 0) -> None:
-        """Send calls while fewer than `max_in_flight` are out; `answered`: the queries of the
-        call that just came back (0 for a new caller)."""
-        while self._in_flight < self.max_in_flight and self._next_waiting():
-            limit = self.max_batch
-            if answered:
-                in_play = answered + sum(len(queries) for queries, _ in self._waiting)
-                limit = min(limit, math.ceil(in_play / 2))
-            batch = [self._waiting.popleft()]
-            size = len(batch[0][0])
-            while self._next_waiting() and size + len(self._waiting[0][0]) <= limit:
-                size += len(self._waiting[0][0])
-                batch.append(self._waiting.popleft())
-            self._in_flight += 1
-            asyncio.get_running_loop().create_task(self._send(batch))
-            answered = 0
+    async def _call_alone(self, queries: list[Query]) -> list[Answer]:
+        self._in_flight += 1
+        try:
+            return _checked(await self.call(queries), queries)
+        finally:
+            self._in_flight -= 1
+            self._start_call(answered=len(queries))
+
+    def _start_call(self, answered: int = 0) -> None:
+        """Make a call due, in the next turn of the loop, if fewer than `max_in_flight` are out
+        and callers wait; `answered`: the queries of the call that just came back (0 for a new
+        caller)."""
+        if self._due or self._in_flight >= self.max_in_flight or not self._next_waiting():
+            return
+        self._due = True
+        self._in_flight += 1
+        asyncio.get_running_loop().create_task(self._send(answered))
+
+    def _take_batch(self, answered: int) -> Batch:
+        limit = self.max_batch
+        if answered:
+            in_play = answered + sum(len(queries) for queries, _ in self._waiting)
+            limit = min(limit, math.ceil(in_play / 2))
+        batch: Batch = []
+        size = 0
+        while self._next_waiting() and (not batch or size + len(self._waiting[0][0]) <= limit):
+            size += len(self._waiting[0][0])
+            batch.append(self._waiting.popleft())
+        return batch
 
     def _next_waiting(self) -> bool:
         """Whether a caller waits; callers that have gone (client disconnected) are dropped."""
@@ -77,17 +100,18 @@ class Coalescer(Generic[Query, Answer]):
             self._waiting.popleft()
         return bool(self._waiting)
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, answered: int) -> None:
+        self._due = False
+        batch = self._take_batch(answered)
+        self._start_call()  # callers left over for another call, if one may go out
         queries = [q for waiting, _ in batch for q in waiting]
         failure: BaseException | None = None
         try:
-            answers = list(await self.call(queries))
-            if len(answers) != len(queries):
-                raise RuntimeError(f"{len(answers)} answers to {len(queries)} queries")
+            answers = _checked(await self.call(queries), queries) if queries else []
         except BaseException as error:  # every caller of this call gets the error
             failure = error
         self._in_flight -= 1
-        self._send_waiting(answered=len(queries))
+        self._start_call(answered=len(queries))
         if failure is not None:
             _fail(batch, failure)
             if not isinstance(failure, Exception):
@@ -98,6 +122,13 @@ class Coalescer(Generic[Query, Answer]):
                 await asyncio.sleep(0)
         finally:
             _answer(batch, answers)
+
+
+def _checked(answers: Sequence[Answer], queries: list[Query]) -> list[Answer]:
+    answers = list(answers)
+    if len(answers) != len(queries):
+        raise RuntimeError(f"{len(answers)} answers to {len(queries)} queries")
+    return answers
 
 
 def _answer(batch: Batch, answers: list[Answer]) -> None:

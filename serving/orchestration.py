@@ -9,6 +9,7 @@ worker thread, `placement` in configs/service.yaml), the peer `in_this_process` 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -119,14 +120,31 @@ def rank_queries(
     ]
 
 
-def in_this_process(versions: ModelVersions, faiss_threads: int) -> Rank:
-    """`rank_queries` on a worker thread: the event loop goes on reading and answering other
-    requests meanwhile (torch and FAISS release the GIL)."""
+def in_this_process(versions: ModelVersions, faiss_threads: int, inline_budget_ms: float) -> Rank:
+    """`rank_queries` in this process. A call whose search should take at most
+    `inline_budget_ms` (the index's measured time per query, times the queries) runs right on
+    the event loop: the hop to a worker thread and back costs more than such a call
+    (docs/performance.md, round 9). A longer call runs on a worker thread, where the loop goes on
+    reading and answering other requests meanwhile (torch and FAISS release the GIL)."""
 
     async def rank(queries: list[RankQuery]) -> list[Ranked]:
+        if _search_ms(versions, queries) <= inline_budget_ms:
+            return rank_queries(versions, queries, faiss_threads)
         return await asyncio.to_thread(rank_queries, versions, queries, faiss_threads)
 
     return rank
+
+
+def _search_ms(versions: ModelVersions, queries: list[RankQuery]) -> float:
+    """The expected search time of the queries; infinite if a version is still to be loaded
+    (a load is never done on the event loop)."""
+    total = 0.0
+    for tag in {q.model_tag for q in queries}:
+        recommender = versions.loaded(tag)
+        if recommender is None:
+            return math.inf
+        total += recommender.search_ms * sum(q.model_tag == tag for q in queries)
+    return total
 
 
 def via_embedder(call: EmbedderCall, cfg: EmbedderConfig) -> Rank:

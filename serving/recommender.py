@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ class Recommender:
     @classmethod
     def from_store(cls, tag: str) -> Recommender:
         return cls(load_model(tag))
+
+    @property
+    def search_ms(self) -> float:
+        """One query's search, in CPU milliseconds, as measured when the index was built
+        (infinite for a model stored before that was measured)."""
+        return float(self.artifacts.metrics["index"].get("query_cpu_ms", math.inf))
 
     def encode(self, records: list[UserRecord]) -> list[EncodedUser]:
         features = self.artifacts.settings.features
@@ -94,6 +101,11 @@ class ModelVersions:
         self._load, self._keep = load, keep
         self._loaded: dict[str, Recommender] = {}
         self._lock = threading.Lock()
+
+    def loaded(self, tag: str) -> Recommender | None:
+        """The recommender of `tag` if it is loaded already (nothing is loaded here)."""
+        with self._lock:
+            return self._loaded.get(tag)
 
     def get(self, tag: str) -> Recommender:
         """The recommender of `tag`; an alias such as "gamerec:latest" is resolved, not kept."""

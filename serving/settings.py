@@ -36,6 +36,11 @@ class BatchingConfig(Strict):
     max_latency_ms: int = Field(
         ge=1, description="BentoML answers 503 when it expects a batch to wait longer"
     )
+    inline_budget_ms: float = Field(
+        ge=0,
+        description="in_process: a call whose search should take at most this runs on the "
+        "event loop, a longer one on a worker thread",
+    )
 
 
 class LimitsConfig(Strict):

@@ -34,13 +34,16 @@ import pytest
 import uvicorn
 import uvloop
 from _bentoml_impl.client.proxy2 import RemoteProxy, SessionManager
+from _bentoml_impl.serde import JSONSerde
 from _bentoml_impl.server.app import ServiceAppFactory
+from _bentoml_sdk.io_models import IterableResponse
 from _bentoml_sdk.method import APIMethod
 from _bentoml_sdk.service.factory import Service
 from bentoml._internal.bento.bento import BentoModelInfo
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models import ModelStore
 from bentoml._internal.server.http import traffic
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml._internal.service.openapi.utils import exception_components_schema
 from bentoml.exceptions import NotFound
 from opentelemetry import trace
@@ -62,6 +65,11 @@ ORIGINAL_TIMEOUT_CALL = traffic.TimeoutMiddleware.__call__
 ORIGINAL_OPENAPI_SPEC = inspect.getattr_static(Service, "openapi_spec")
 ORIGINAL_ERROR_DETAIL = exception_components_schema()["InvalidArgument"].properties["detail"]
 ORIGINAL_RESPONSE_HEADERS = ServiceAppFactory._add_response_headers
+ORIGINAL_API_ENDPOINT = ServiceAppFactory.api_endpoint
+ORIGINAL_OTEL_CALL = otel_asgi.OpenTelemetryMiddleware.__call__
+ORIGINAL_ITERABLE_INIT = IterableResponse.__init__
+ORIGINAL_ITERABLE_CALL = IterableResponse.__call__
+ORIGINAL_METRICS_CALL = RunnerTrafficMetricsMiddleware.__call__
 unpatched_timeout = pytest.mark.skipif(
     ORIGINAL_TIMEOUT_CALL.__module__ != traffic.__name__,
     reason="TimeoutMiddleware was already patched in this process (service.py imported?)",
@@ -83,6 +91,11 @@ def bentoml_as_released(monkeypatch):
     monkeypatch.setitem(properties, "detail", ORIGINAL_ERROR_DETAIL)
     monkeypatch.setattr(APIMethod, "_local_call", fixes._ORIGINAL_LOCAL_CALL)
     monkeypatch.setattr(ServiceAppFactory, "_add_response_headers", ORIGINAL_RESPONSE_HEADERS)
+    monkeypatch.setattr(ServiceAppFactory, "api_endpoint", ORIGINAL_API_ENDPOINT)
+    monkeypatch.setattr(otel_asgi.OpenTelemetryMiddleware, "__call__", ORIGINAL_OTEL_CALL)
+    monkeypatch.setattr(IterableResponse, "__init__", ORIGINAL_ITERABLE_INIT)
+    monkeypatch.setattr(IterableResponse, "__call__", ORIGINAL_ITERABLE_CALL)
+    monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "__call__", ORIGINAL_METRICS_CALL)
 
 
 as_released = pytest.mark.usefixtures("bentoml_as_released")
@@ -464,6 +477,36 @@ def test_2_timeout_semantics_kept(which, request) -> None:
     assert sent[0]["status"] == 200 and sent[-1]["body"] == b"late but whole"
 
 
+async def _app_task(call) -> bool:
+    """Whether `call` runs the app in the request's own task."""
+    tasks = []
+
+    async def app(scope, receive, send):
+        tasks.append(asyncio.current_task())
+        await _ok_app(scope, receive, send)
+
+    await _call(call, app, timeout=5)
+    return tasks == [asyncio.current_task()]
+
+
+@unpatched_timeout
+@as_released
+def test_2_every_request_runs_in_a_task_of_its_own() -> None:
+    assert asyncio.run(_app_task(ORIGINAL_TIMEOUT_CALL)) is False  # ensure_future per request
+
+
+def test_2_patched_middleware_runs_it_in_the_requests_task(patched_timeout_call) -> None:
+    assert asyncio.run(_app_task(patched_timeout_call)) is True
+
+
+def test_2_an_app_s_own_timeout_is_its_own(patched_timeout_call) -> None:
+    async def times_out(scope, receive, send):
+        raise TimeoutError("the app's own")
+
+    with pytest.raises(TimeoutError, match="the app's own"):
+        asyncio.run(_call(patched_timeout_call, times_out, timeout=5))
+
+
 def test_2_freeze_startup_objects_takes_them_out_of_collections() -> None:
     before = gc.get_freeze_count()
     try:
@@ -493,8 +536,6 @@ def schema_builds(monkeypatch):
 
 
 async def _responses(output_spec, n: int) -> list[str]:
-    from _bentoml_impl.serde import JSONSerde
-
     value = [Ranked(ids=["u"])]
     return [(await output_spec.to_http_response(value, JSONSerde())).media_type for _ in range(n)]
 
@@ -606,6 +647,35 @@ def test_5_untraced_routes_skip_the_spans(span_starts) -> None:
     assert span_starts and span_starts[0][0] == "POST /recommend_batch"
 
 
+@pytest.fixture
+def urls_built(monkeypatch) -> list[str]:
+    """The paths whose whole URL the OpenTelemetry middleware builds (to match exclusions)."""
+    built: list[str] = []
+    original = otel_asgi.get_host_port_url_tuple
+
+    def counting(scope):
+        built.append(scope["path"])
+        return original(scope)
+
+    monkeypatch.setattr(otel_asgi, "get_host_port_url_tuple", counting)
+    return built
+
+
+@as_released
+def test_5_every_untraced_request_builds_its_url_to_match_the_patterns(urls_built) -> None:
+    assert _through_otel(EntryProbe, "/recommend")["send_wrapped"] is False
+    assert urls_built == ["/recommend"]
+
+
+@as_released
+def test_5_patched_untraced_routes_pass_at_once(urls_built, span_starts) -> None:
+    fixes.skip_tracing_of(["/recommend"])  # undone after the test (as_released)
+    assert _through_otel(EntryProbe, "/recommend")["send_wrapped"] is False
+    assert urls_built == [] and span_starts == []
+    _through_otel(PlainProbe, "/top_k")  # any other path: as before, traced
+    assert set(urls_built) == {"/top_k"} and span_starts
+
+
 def test_5_exclusions_are_exactly_those_paths():
     excluded = ExcludeList(
         fixes.untraced_routes_config("/recommend", "/recommend_batch")["tracing"]["excluded_urls"]
@@ -630,7 +700,6 @@ def test_5_untraced_routes_lose_the_request_id_header(in_process) -> None:
 
 def test_4_inner_service_skips_access_log_and_metrics() -> None:
     from bentoml._internal.server.http.access import AccessLogMiddleware
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
     plain = _asgi_app(PlainProbe, is_main=False)
     inner = _asgi_app(InnerProbe, is_main=False)
@@ -855,6 +924,75 @@ def test_8_patched_headers_read_them_once_and_say_the_same(monkeypatch) -> None:
     fixes._header_formats.cache_clear()
 
 
+@bentoml.service(name="fixes_probe_api")
+class ApiProbe:
+    @bentoml.api
+    async def plain(self, user_id: str, genre: str | None = None) -> Ranked:
+        return Ranked(ids=[user_id, genre or "-"])
+
+    @bentoml.api
+    def blocking(self, user_id: str) -> Ranked:  # not a coroutine: BentoML's own path
+        return Ranked(ids=[user_id])
+
+    @bentoml.api
+    async def with_context(self, user_id: str, ctx: bentoml.Context) -> Ranked:
+        ctx.response.status_code = 201
+        return Ranked(ids=[user_id])
+
+
+@pytest.fixture
+def deprecation_warnings(monkeypatch) -> list[str]:
+    """The warnings of pydantic's deprecated attributes, counted (whatever the filters say)."""
+    from pydantic._internal import _utils
+
+    seen: list[str] = []
+    monkeypatch.setattr(_utils, "warnings", SimpleNamespace(warn=lambda m, **_: seen.append(m)))
+    return seen
+
+
+def _api_answers(client) -> list[tuple[int, object]]:
+    calls = [
+        ("/plain", {"user_id": "u", "genre": "rpg"}),
+        ("/plain", {"user_id": "u"}),
+        ("/plain", {"user_id": 5}),  # invalid: 400 with pydantic's errors
+        ("/blocking", {"user_id": "b"}),
+        ("/with_context", {"user_id": "c"}),
+    ]
+    answers = []
+    for path, body in calls:
+        response = client.post(path, json=body)
+        answers.append((response.status_code, response.json()))
+    return answers
+
+
+@as_released
+def test_8_every_request_reads_model_fields_on_an_instance(
+    in_process, deprecation_warnings
+) -> None:
+    client = in_process(ApiProbe)
+    for _ in range(3):
+        assert client.post("/plain", json={"user_id": "u"}).status_code == 200
+    assert len(deprecation_warnings) == 3  # "Accessing the 'model_fields' attribute on the
+    assert "model_fields" in deprecation_warnings[0]  # instance is deprecated", per request
+
+
+@as_released
+def test_8_patched_endpoint_answers_the_same_without_them(
+    in_process, deprecation_warnings, monkeypatch
+) -> None:
+    released = _api_answers(in_process(ApiProbe))
+    deprecation_warnings.clear()
+    monkeypatch.setattr(ServiceAppFactory, "api_endpoint", fixes._api_endpoint)
+    patched = _api_answers(in_process(ApiProbe))
+    assert patched == released
+    assert [status for status, _ in patched] == [200, 200, 400, 200, 201]
+    # Only the APIs BentoML's own path still serves (not coroutines, a context) warn.
+    assert len(deprecation_warnings) == 2
+    assert fixes._plain_json_api(ApiProbe, "plain") is not None
+    assert fixes._plain_json_api(ApiProbe, "blocking") is None
+    assert fixes._plain_json_api(ApiProbe, "with_context") is None
+
+
 # --- 9: connections that hold a worker -----------------------------------------------------
 SLOW = ConnectionsConfig(
     header_timeout_s=0.3, body_timeout_s=5, keep_alive_s=1, max_connections=3, balance_interval_s=0
@@ -956,6 +1094,24 @@ def test_9_deadline_protocol_serves_keep_alive_requests_as_before() -> None:
             return heads
 
     assert [h.split(b"\r\n")[0] for h in asyncio.run(scenario())] == [b"HTTP/1.1 200 OK"] * 2
+
+
+def test_9_a_later_request_whose_headers_trickle_gets_408_too() -> None:
+    """The deadline of a keep-alive connection's next request is armed only when its headers
+    do not come whole in one read: a request that arrives whole arms no timer."""
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with _uvicorn(fixes.deadline_protocol(SLOW)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(HEAD + b"\r\n")
+            first = await asyncio.wait_for(reader.readuntil(b"ok"), 2)
+            writer.write(HEAD)  # the next request's headers, never finished
+            late = await asyncio.wait_for(reader.read(4096), 2)
+            writer.close()
+            return first, late
+
+    first, late = asyncio.run(scenario())
+    assert first.startswith(b"HTTP/1.1 200 ") and late.startswith(b"HTTP/1.1 408 ")
 
 
 def test_9_the_worker_uvicorn_config_gets_the_protocol(monkeypatch) -> None:
@@ -1167,3 +1323,192 @@ def test_9_admission_counts_the_requests_of_every_worker(tmp_path) -> None:
     admission.add(2)
     assert not admission.admits("/recommend")
     assert admission.refused == 2
+
+
+# ========================================== 11. a body serialized whole, sent in pieces
+
+
+async def _sent(response) -> list[dict]:
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    await response({"type": "http"}, None, send)
+    return sent
+
+
+async def _whole_response():
+    return await SpecProbe.apis["whole"].output_spec.to_http_response(
+        Ranked(ids=["u"]), JSONSerde()
+    )
+
+
+@as_released
+def test_11_a_json_answer_goes_out_as_two_body_messages() -> None:
+    start, *bodies = asyncio.run(_sent(asyncio.run(_whole_response())))
+    assert dict(start["headers"])[b"content-length"] == b"13"
+    assert [(b["body"], b["more_body"]) for b in bodies] == [
+        (b'{"ids":["u"]}', True),
+        (b"", False),  # one more message through every middleware's send
+    ]
+
+
+@as_released
+def test_11_patched_it_goes_whole_with_its_length(monkeypatch) -> None:
+    monkeypatch.setattr(IterableResponse, "__init__", fixes._whole_body_init)
+    monkeypatch.setattr(IterableResponse, "__call__", fixes._whole_body_call)
+    start, *bodies = asyncio.run(_sent(asyncio.run(_whole_response())))
+    assert dict(start["headers"])[b"content-length"] == b"13"
+    assert [(b["body"], b.get("more_body", False)) for b in bodies] == [(b'{"ids":["u"]}', False)]
+
+    def chunks():
+        yield b"a"
+        yield b"b"
+
+    streamed = IterableResponse(chunks(), media_type="text/plain")  # a stream stays one
+    assert [m.get("body") for m in asyncio.run(_sent(streamed))] == [None, b"a", b"b", b""]
+
+
+# ====================================== 12. the labels of the request metrics, per request
+
+
+@pytest.fixture
+def label_lookups(monkeypatch) -> list[dict]:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    looked_up: list[dict] = []
+    labels = MetricWrapperBase.labels
+
+    def counting(self, *args, **kwargs):
+        looked_up.append(kwargs)
+        return labels(self, *args, **kwargs)
+
+    monkeypatch.setattr(MetricWrapperBase, "labels", counting)
+    return looked_up
+
+
+def _metrics_middleware(in_process, status: int = 200):
+    """BentoML's metrics middleware as the service's app builds it, around a tiny app."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    # `in_process` (the fixture) unregisters the metrics the middleware registers, after the test
+    found = _middleware(_asgi_app(PlainProbe), RunnerTrafficMetricsMiddleware)
+    return found.cls(app, *found.args, **found.kwargs)
+
+
+def _count(middleware, paths: list[str]) -> dict[str, float]:
+    """Requests for `paths` through the middleware; then its request counts, durations and
+    requests in progress, per endpoint."""
+
+    async def requests():
+        for path in paths:
+            await middleware({"type": "http", "path": path}, None, _discard)
+
+    asyncio.run(requests())
+    names = {"service_name": "", "service_version": "not available", "runner_name": None}
+    counts = {}
+    for path in set(paths):
+        total = middleware.metrics_request_total.labels(
+            endpoint=path, http_response_code=200, **names
+        )
+        progress = middleware.metrics_request_in_progress.labels(endpoint=path, **names)
+        counts[path] = (total._value.get(), progress._value.get())
+    return counts
+
+
+async def _discard(message):
+    pass
+
+
+@as_released
+def test_12_every_request_looks_up_four_labelled_children(in_process, label_lookups) -> None:
+    middleware = _metrics_middleware(in_process)
+    _count(middleware, ["/recommend"])  # the middleware sets itself up on its first request
+    label_lookups.clear()
+    _count(middleware, ["/recommend"] * 5)
+    assert len(label_lookups) - 2 * 1 == 4 * 5  # 4 a request (2 lookups are _count's own)
+
+
+@as_released
+def test_12_patched_it_looks_them_up_once_and_counts_the_same(
+    in_process, label_lookups, monkeypatch
+) -> None:
+    middleware = _metrics_middleware(in_process)
+    released = _count(middleware, ["/recommend", "/recommend", "/similar"])
+    monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "__call__", fixes._metrics_call)
+    label_lookups.clear()
+    patched = _count(middleware, ["/recommend", "/recommend", "/similar"] * 10)
+    assert patched == {"/recommend": (22.0, 0.0), "/similar": (11.0, 0.0)}
+    assert released == {"/recommend": (2.0, 0.0), "/similar": (1.0, 0.0)}
+    # 4 lookups for each endpoint the first time, none after (4 are _count's own)
+    assert len(label_lookups) == 4 * 2 + 4
+
+
+# ================================================ 13. a response's head and body, two writes
+
+
+@pytest.fixture
+def socket_writes(monkeypatch) -> list[bytes]:
+    """What servers in this process write to their sockets (asyncio's own loop, as `_uvicorn`
+    runs under `asyncio.run`), one entry a write."""
+    from asyncio.selector_events import _SelectorSocketTransport
+
+    writes: list[bytes] = []
+    write = _SelectorSocketTransport.write
+
+    def recording(self, data):
+        if data and isinstance(self._protocol, HttpToolsProtocol):  # the server's, not a client's
+            writes.append(bytes(data))
+        return write(self, data)
+
+    monkeypatch.setattr(_SelectorSocketTransport, "write", recording)
+    return writes
+
+
+async def _exchange(http, request: bytes, app=_ok_sized_app, then: bytes = b"") -> bytes:
+    """One request to a real uvicorn with protocol `http` (`then`: sent once the server has
+    answered something, e.g. a 100 Continue); what the client read."""
+    async with _uvicorn(http, app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        received = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        if then:
+            writer.write(then)
+            received += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        with contextlib.suppress(TimeoutError):
+            received += await asyncio.wait_for(reader.read(4096), 0.2)
+        writer.close()
+        return received
+
+
+def test_13_uvicorn_writes_the_head_and_the_body_apart(socket_writes) -> None:
+    received = asyncio.run(_exchange("httptools", HEAD + b"\r\n"))
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"ok")
+    assert len(socket_writes) == 2 and socket_writes[1] == b"ok"
+
+
+def test_13_deadline_protocol_writes_them_at_once(socket_writes) -> None:
+    received = asyncio.run(_exchange(fixes.deadline_protocol(SLOW), HEAD + b"\r\n"))
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"ok")
+    assert socket_writes == [received]
+
+
+def test_13_a_head_without_body_and_a_100_continue_still_go_out(socket_writes) -> None:
+    protocol = fixes.deadline_protocol(SLOW)
+    head_only = asyncio.run(_exchange(protocol, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert head_only.startswith(b"HTTP/1.1 200 ") and head_only.endswith(b"\r\n\r\n")
+
+    async def echo_length(scope, receive, send):
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"1")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"%d" % len(body)})
+
+    expecting = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    received = asyncio.run(_exchange(protocol, expecting, echo_length, then=b"abc"))
+    assert received.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ")
+    assert received.endswith(b"3")

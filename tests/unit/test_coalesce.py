@@ -37,9 +37,24 @@ def test_each_caller_gets_its_own_answers_in_order() -> None:
         return await asyncio.gather(*(coalescer([i, 100 + i]) for i in range(20)))
 
     assert run(main()) == [[2 * i, 200 + 2 * i] for i in range(20)]
-    # The first caller goes alone; the 19 that arrived while it was out (38 queries) go in two
-    # calls of at most half of the 40 queries in play: 10 callers, then the other 9.
-    assert [len(c) for c in recorder.calls] == [2, 20, 18]
+    # The 20 callers arrive in the same turn of the event loop: one call takes them all.
+    assert [len(c) for c in recorder.calls] == [40]
+
+
+def test_callers_that_arrive_while_a_call_is_out_go_in_the_next() -> None:
+    recorder = Recorder()
+
+    async def main() -> list[list[int]]:
+        coalescer = Coalescer(recorder, max_batch=64, max_in_flight=1)
+        first = asyncio.ensure_future(coalescer([0]))
+        await asyncio.sleep(0.005)  # the first call is out
+        later = [asyncio.ensure_future(coalescer([i])) for i in range(1, 20)]
+        return await asyncio.gather(first, *later)
+
+    assert run(main()) == [[2 * i] for i in range(20)]
+    # The 19 that arrived while the first call was out go in two calls of at most half of the
+    # 20 queries in play: 10 callers, then the other 9.
+    assert [len(c) for c in recorder.calls] == [1, 10, 9]
 
 
 class Gate:
@@ -137,10 +152,10 @@ def test_a_failed_call_fails_its_callers_only() -> None:
         return await asyncio.gather(*(coalescer([i]) for i in range(8)), return_exceptions=True)
 
     results = run(main())
-    # Calls: [0], [1, 2], [3, 4], [5, 6], [7]: the call with query 5 fails, for 5 and 6 alone.
-    assert [len(c) for c in recorder.calls] == [1, 2, 2, 2, 1]
+    # Calls: [0, 1], [2, 3], [4, 5], [6, 7]: the call with query 5 fails, for 4 and 5 alone.
+    assert recorder.calls == [[0, 1], [2, 3], [4, 5], [6, 7]]
     for i, result in enumerate(results):
-        if i in (5, 6):
+        if i in (4, 5):
             assert isinstance(result, ConnectionError)
         else:
             assert result == [2 * i]
@@ -160,7 +175,7 @@ def test_a_caller_that_goes_away_does_not_break_the_others() -> None:
         return await staying
 
     assert run(main()) == [6]
-    assert recorder.calls == [[1], [3]]  # the query of the caller that left is not sent
+    assert recorder.calls == [[1, 3]]  # the query of the caller that left is not sent
 
 
 def test_a_short_answer_is_an_error_not_a_misalignment() -> None:
@@ -172,3 +187,33 @@ def test_a_short_answer_is_an_error_not_a_misalignment() -> None:
 
     with pytest.raises(RuntimeError, match="1 answers to 2 queries"):
         run(main())
+
+
+def test_a_caller_alone_is_called_at_once_and_others_wait_for_it() -> None:
+    recorder = Recorder()
+    alone = True
+
+    async def main() -> list[list[int]]:
+        coalescer = Coalescer(recorder, max_batch=64, max_in_flight=1, alone=lambda: alone)
+        first = asyncio.ensure_future(coalescer([0]))
+        await asyncio.sleep(0)
+        assert recorder.calls == [[0]]  # called in the caller's own turn: no task, no wait
+        later = [asyncio.ensure_future(coalescer([i])) for i in (1, 2)]  # while it is out
+        return await asyncio.gather(first, *later)
+
+    assert run(main()) == [[0], [2], [4]]
+    assert recorder.calls == [[0], [1, 2]]  # max_in_flight held: the two went together after
+
+
+def test_a_caller_not_alone_waits_for_its_turn() -> None:
+    recorder = Recorder()
+
+    async def main() -> None:
+        coalescer = Coalescer(recorder, max_batch=64, max_in_flight=1, alone=lambda: False)
+        first = asyncio.ensure_future(coalescer([0]))
+        await asyncio.sleep(0)
+        assert recorder.calls == []  # due in the next turn, with whoever arrives in this one
+        await first
+
+    run(main())
+    assert recorder.calls == [[0]]

@@ -4,10 +4,12 @@ request's orchestration, on a small untrained model."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
 
+from serving import orchestration
 from serving.catalog import Catalog
 from serving.orchestration import ServedModel, in_this_process, rank_queries, recommend
 from serving.recommender import ModelVersions, RankQuery, Recommender
@@ -74,10 +76,38 @@ def test_the_embedder_wire_format_carries_a_query_whole(artifacts: ModelArtifact
     np.testing.assert_array_equal(sent.user.game_positions, query.user.game_positions)
     np.testing.assert_allclose(sent.user.dense, query.user.dense)
     versions = ModelVersions(lambda tag: recommender, keep=2)
-    here = asyncio.run(in_this_process(versions, faiss_threads=1)([query]))[0]
+    here = asyncio.run(in_this_process(versions, faiss_threads=1, inline_budget_ms=0)([query]))[0]
     answered = RankedPositions.of(rank_queries(versions, [sent], faiss_threads=1)[0]).ranked()
     assert answered.positions.tolist() == here.positions.tolist()
     np.testing.assert_allclose(answered.scores, here.scores)
+
+
+def test_a_short_call_runs_on_the_event_loop_a_long_one_on_a_worker_thread(
+    artifacts: ModelArtifacts, monkeypatch
+):
+    recommender = Recommender(artifacts)
+    monkeypatch.setitem(artifacts.metrics["index"], "query_cpu_ms", 0.5)
+    versions = ModelVersions(lambda tag: recommender, keep=2)
+    versions.get(artifacts.tag)  # loaded: the service loads its model at start
+    threads: list[bool] = []
+    ranked_for_real = orchestration.rank_queries
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return ranked_for_real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestration, "rank_queries", recording)
+    rank = in_this_process(versions, faiss_threads=1, inline_budget_ms=2.0)
+    query = _query(recommender, ["g_0"], 3, set())
+    four, five = [query] * 4, [query] * 5
+    asyncio.run(rank([]))  # no version to load: nothing to search
+    assert threads == [True]
+    asyncio.run(rank(four))  # 4 x 0.5 ms: within the budget
+    asyncio.run(rank(five))  # 2.5 ms: over it
+    assert threads == [True, True, False]
+    unloaded = ModelVersions(lambda tag: recommender, keep=2)  # nothing loaded yet
+    asyncio.run(in_this_process(unloaded, faiss_threads=1, inline_budget_ms=2.0)(four))
+    assert threads[-1] is False  # a version to load is loaded on a worker thread
 
 
 def test_catalog_lookups(artifacts: ModelArtifacts):
