@@ -465,7 +465,9 @@ def service_settings() -> str:
         f"games), workers {settings.workers}, torch_threads {settings.torch_threads}, "
         f"faiss_threads {settings.faiss_threads}, trace_recommend {settings.trace_recommend}, "
         f"batching max_batch_size {settings.batching.max_batch_size} / max_latency_ms "
-        f"{settings.batching.max_latency_ms}, embedder max_calls_in_flight "
+        f"{settings.batching.max_latency_ms} / inline_budget_ms "
+        f"{settings.batching.inline_budget_ms:g}, access_log {settings.access_log}, "
+        f"embedder max_calls_in_flight "
         f"{settings.embedder.max_calls_in_flight}"
     )
 

@@ -211,7 +211,7 @@ def skip_tracing_of(routes: Iterable[str]) -> None:
     """Fix 5, faster: a request for one of these exact paths passes the OpenTelemetry
     middleware at once. Its own exclusion (the `excluded_urls` that `untraced_routes_config`
     sets) first builds the request's whole URL and matches it against the patterns: 1-2% of a
-    request's CPU (docs/performance.md, round 9)."""
+    request's CPU (docs/performance.md, round 8)."""
     untraced = frozenset(routes)
     if not untraced:
         return
@@ -494,7 +494,7 @@ async def _metrics_call(
     """BentoML's `RunnerTrafficMetricsMiddleware.__call__` for HTTP requests, the same metrics
     with the same labels and values, but each labelled child looked up once: the original calls
     `labels(**names)` four times a request (the whole middleware was about 4% of a request's CPU
-    at one client, docs/performance.md, round 9). WebSockets and `/metrics` go to the
+    at one client, docs/performance.md, round 8). WebSockets and `/metrics` go to the
     original."""
     if scope["type"] != "http" or scope["path"] == "/metrics":
         return await _ORIGINAL_METRICS_CALL(self, scope, receive, send)
@@ -665,7 +665,7 @@ class _OneWrite:
     first bytes of its body, and writes both at once. uvicorn's httptools protocol writes the
     head on `http.response.start` and the body on `http.response.body`: two writes, two TCP
     segments (its sockets set TCP_NODELAY), two wake-ups of the client; one write is 1-2% of a
-    request's CPU at one client (docs/performance.md, round 9). Any other use of the transport
+    request's CPU at one client (docs/performance.md, round 8). Any other use of the transport
     (close, is_closing, a 100 Continue) writes what it holds first."""
 
     __slots__ = ("head", "transport")

@@ -1,9 +1,12 @@
 """Coalescing: the queries of concurrent requests travel to the batched service in one call.
 
 The Embedder batches whatever reaches it, but each HTTP call to it still costs a request's
-worth of parsing, dispatching and answering on both sides of the hop. Under load the entry
-service therefore sends the queries that wait while earlier calls are out together, in one
-call (natural batching: nothing waits for a batch to fill, so one client pays no delay).
+worth of parsing, dispatching and answering on both sides of the hop, and in the entry worker
+(placement `in_process`) each call costs a search's fixed part and, on a worker thread, the
+thread's hop. Under load the entry service therefore sends together, in one call, the queries
+of the requests read in the same turn of its event loop and of those that arrive while earlier
+calls are out (natural batching: nothing waits for a batch to fill beyond that one turn, and a
+worker's only request is sent at once).
 
 Under steady load the two services form a pipeline of two stages: while the Embedder works on
 one group of queries, the entry service turns the previous group's answers into responses and
@@ -41,7 +44,7 @@ class Coalescer(Generic[Query, Answer]):
     A call takes its callers when it starts, a turn of the event loop after it was due: every
     caller that arrives in that turn (the requests read from the sockets in one turn) goes with
     it. A caller that is `alone` (no other request in the worker) when no call is out is called
-    at once, without the turn and the task (`docs/performance.md`, round 9)."""
+    at once, without the turn and the task (`docs/performance.md`, round 8)."""
 
     def __init__(
         self,

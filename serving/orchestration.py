@@ -124,7 +124,7 @@ def in_this_process(versions: ModelVersions, faiss_threads: int, inline_budget_m
     """`rank_queries` in this process. A call whose search should take at most
     `inline_budget_ms` (the index's measured time per query, times the queries) runs right on
     the event loop: the hop to a worker thread and back costs more than such a call
-    (docs/performance.md, round 9). A longer call runs on a worker thread, where the loop goes on
+    (docs/performance.md, round 8). A longer call runs on a worker thread, where the loop goes on
     reading and answering other requests meanwhile (torch and FAISS release the GIL)."""
 
     async def rank(queries: list[RankQuery]) -> list[Ranked]:
