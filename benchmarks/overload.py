@@ -6,7 +6,10 @@ set out of reach, what the service did before them):
 
 - load: closed-loop clients (benchmarks/overload_clients.py, each answer timed by its status,
   5 s timeout, no back-off) at 64, 256 and 1,024 clients: served rps, 503s, timeouts, p50/p99
-  of the served requests, p99 of the 503s, resident memory of the server's processes; then
+  of the served requests, p99 of the 503s, resident memory of the server's processes; all but
+  one client run in one process, whose own event loop lags under load (measured and shown),
+  the last in a process of its own (the observer: its p99s are the server's answers without
+  that lag); then
   1,024 clients that wait out each 503's Retry-After; then wrk at 1,024 (benchmarks/serving.py's
   driver, as the issue measured), 5 s timeout;
 - slow: one normal client alone, then beside 1,000 slow clients (half trickle their headers,
@@ -164,10 +167,22 @@ def load_options(clients: int, seconds: float, timeout: float) -> list[str]:
 def load_level(
     url: str, pid: int, bodies: Path, clients: int, args, *extra: str
 ) -> tuple[dict, list[float]]:
+    """`clients`: all but one in one process, the last in a process of its own (`observer`):
+    what a client sees whose own event loop is not busy with a thousand others. The counts are
+    of all `clients`; the percentiles of the first process, and the observer's apart."""
     with RssSampler(pid) as rss:
-        options = load_options(clients, args.duration, args.timeout)
+        options = load_options(clients - 1, args.duration, args.timeout)
         process = run_clients("load", url, str(bodies), *options, *extra)
+        observer = run_clients(
+            "load", url, str(bodies), *load_options(1, args.duration, args.timeout), *extra
+        )
         result = counted(process, args.duration + args.timeout + 60)
+        result["observer"] = seen = counted(observer, args.timeout + 60)
+    for status, answers in seen["by_status"].items():
+        result["by_status"].setdefault(status, {"count": 0})["count"] += answers["count"]
+    result["timeouts"] += seen["timeouts"]
+    for error, n in seen["errors"].items():
+        result["errors"][error] = result["errors"].get(error, 0) + n
     return result, rss.samples
 
 
@@ -312,15 +327,20 @@ def cells(row: Row) -> list[str]:
     if "wrk_p99_ms" in row.counted:
         p50, p99 = row.counted["wrk_p50_ms"], row.counted["wrk_p99_ms"]
     rss = row.rss_mib or [0.0]
+    observer = row.counted.get("observer", {}).get("by_status", {})
+    seen = "/".join(ms(observer.get(s, {}).get("p99_ms")) for s in ("503", "200"))
+    lag = row.counted.get("loop_lag_ms", {}).get("p99")
     return [
         row.limits, row.scenario, f"{row.served_rps:.0f}", f"{refused['count']:,}",
         ms(refused.get("p99_ms")), str(row.counted["timeouts"]), str(row.failures - row.counted[
-            "timeouts"]), ms(p50), ms(p99), f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f}",
+            "timeouts"]), ms(p50), ms(p99), seen if observer else "-", ms(lag),
+        f"{rss[0]:.0f} / {max(rss):.0f} / {rss[-1]:.0f}",
     ]  # fmt: skip
 
 
 HEAD = ["limits", "scenario", "served rps", "503s", "503 p99 ms", "timeouts", "other failures",
-        "served p50 ms", "served p99 ms", "RSS MiB start / max / end"]  # fmt: skip
+        "served p50 ms", "served p99 ms", "observer: 503 / served p99 ms",
+        "clients' loop lag p99 ms", "RSS MiB start / max / end"]  # fmt: skip
 
 
 def table(rows: list[Row]) -> str:
@@ -369,7 +389,10 @@ def report(rows: list[Row], info: dict[str, str], load_after: tuple, args) -> st
         table(rows),
         "",
         "served p50/p99 are of the 200s only (wrk's row: of every answer, 503s included); "
-        "503 p99 is of the 503s; other failures: other statuses and connection errors.",
+        "503 p99 is of the 503s; other failures: other statuses and connection errors. All but "
+        "one of a row's clients run in one process (uvloop), which is itself late under load "
+        "(its loop lag: how late it wakes a 10 ms sleep); the last, the observer, runs in a "
+        "process of its own, and its p99s show the server's answers without that lag.",
         "",
         *notes(rows),
         "",
@@ -398,6 +421,11 @@ def plot(rows: list[Row], path: Path) -> None:
                      style, marker="o", label=f"{limits}: served p99")  # fmt: skip
         refusals = [r.status(503).get("p99_ms") or float("nan") for r in levels]
         latency.plot(clients, refusals, style, marker="x", label=f"{limits}: 503 p99")
+        if limits == "limits on":  # the observer: the server's answers without the clients' lag
+            seen = [r.counted.get("observer", {}).get("by_status", {}) for r in levels]
+            for status, marker, what in (("200", "o", "served"), ("503", "x", "503")):
+                p99s = [o.get(status, {}).get("p99_ms") or float("nan") for o in seen]
+                latency.plot(clients, p99s, ":", marker=marker, label=f"observer: {what} p99")
     ticks = sorted({int(r.scenario.split()[0]) for r in rows if r.scenario.endswith(" clients")
                     and not r.scenario.startswith(("wrk", "kill"))})  # fmt: skip
     for axis, what in ((rate, "answers per second"), (latency, "p99 latency, ms")):
