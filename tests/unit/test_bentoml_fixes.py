@@ -621,6 +621,7 @@ def _through_otel(service, path: str) -> dict:
     return seen
 
 
+@as_released
 def test_5_default_records_spans_nobody_reads(span_starts) -> None:
     """Sample rate 0 and no exporter, yet BentoML's sampler (TraceIdRatioBasedAlwaysRecording,
     "always recording, so that we can get the trace_id") makes every span a recording one."""
@@ -634,6 +635,7 @@ def test_5_default_records_spans_nobody_reads(span_starts) -> None:
     assert all(recording and not sampled for _, recording, sampled in span_starts)
 
 
+@as_released
 def test_5_untraced_routes_skip_the_spans(span_starts) -> None:
     assert _through_otel(EntryProbe, "/recommend") == {
         "span_valid": False,
@@ -688,6 +690,7 @@ def test_5_exclusions_are_exactly_those_paths():
     assert fixes.untraced_routes_config() == {}
 
 
+@as_released
 def test_5_untraced_routes_lose_the_request_id_header(in_process) -> None:
     """Side effect, not a bug: BentoML takes its request id from the server span, so an
     untraced `@bentoml.api` answers without `X-BentoML-Request-ID` (and logs no trace ids)."""
