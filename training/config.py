@@ -48,7 +48,11 @@ class SplitConfig(Strict):
 
 
 class FeatureConfig(Strict):
-    history_weight: Literal["log1p", "binary"]
+    history_weight: Literal["log1p", "binary", "power"] = Field(
+        description="how play minutes weight a played game: 1 + log1p(minutes), 1, or "
+        "(1 + minutes) ** `history_power`"
+    )
+    history_power: float = Field(ge=0, description="`power` weights' exponent")
     history_norm: Literal["mean", "l2"] = Field(
         description="history weights scaled to sum 1 (mean) or to unit L2 norm"
     )
@@ -58,6 +62,18 @@ class FeatureConfig(Strict):
         ge=0, le=1, description="share of training examples given genres"
     )
     max_item_tags: int = Field(ge=0)
+
+
+class SideRowsConfig(Strict):
+    """Rows added to the play matrix a start from EASE is fitted to: each one 'plays' the
+    games that share a genre, tag, developer or title word, with its weight (0: none)."""
+
+    genres_and_tags: float = Field(ge=0, description="weight of a genre's or a tag's row")
+    developers: float = Field(ge=0, description="weight of a developer's row")
+    title_words: float = Field(ge=0, description="weight of a title word's row")
+    title_word_max_games: int = Field(
+        ge=2, description="a title word names a series if 2 to this many games share it"
+    )
 
 
 class ModelConfig(Strict):
@@ -98,6 +114,10 @@ class ModelConfig(Strict):
         description="towers that start from EASE: the genre and tag tables start at the ridge "
         "regression (this λ) of the played games' started vectors on their genres and tags, "
         "which places new games; 0: a random start",
+    )
+    start_side_rows: SideRowsConfig = Field(
+        description="towers that start from EASE: the games' metadata joins the play matrix "
+        "that start is fitted to, as extra rows (collective EASE, training/ease_start.py)"
     )
     id_dim: int = Field(ge=4)
     hidden_dims: list[int]

@@ -23,6 +23,7 @@ from training.histories import Histories
 # Scores every catalog game for a chunk of evaluation users: (users, n_games) float32.
 Scorer = Callable[["EvalSet", slice], np.ndarray]
 Param = TypeVar("Param")
+Weigh = Callable[[np.ndarray], np.ndarray]  # play minutes -> a played game's input weight
 EVAL_CHUNK = 1024  # users scored at once, at most
 # ... and at most about this many scores at once: a 1,000,000-game catalog scores 20 users at a
 # time (80 MB of scores, 160 MB of ranks), where 1,024 users took over 20 GB.
@@ -152,25 +153,40 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def input_matrix(
-    histories: Histories, eval_set: EvalSet, rows: slice, n_games: int
+    histories: Histories,
+    eval_set: EvalSet,
+    rows: slice,
+    n_games: int,
+    weigh: Weigh | None = None,
 ) -> sp.csr_matrix:
-    """Binary user x game matrix of the evaluation users' inputs."""
-    cols = [
-        histories.game_positions[histories.span(u)][eval_set.inputs[i]]
-        for i, u in zip(range(rows.start, rows.stop), eval_set.users[rows], strict=True)
-    ]
+    """User x game matrix of the evaluation users' inputs: 1 per played game, or
+    `weigh(minutes)`."""
+    spans = [histories.span(u) for u in eval_set.users[rows]]
+    picks = eval_set.inputs[rows]
+    cols = [histories.game_positions[s][i] for s, i in zip(spans, picks, strict=True)]
+    minutes = [histories.minutes[s][i] for s, i in zip(spans, picks, strict=True)]
+    return _user_matrix(cols, minutes, n_games, weigh)
+
+
+def train_matrix(
+    histories: Histories, users: np.ndarray, n_games: int, weigh: Weigh | None = None
+) -> sp.csr_matrix:
+    """User x game matrix of the training users: 1 per played game, or `weigh(minutes)`."""
+    spans = [histories.span(u) for u in users]
+    cols = [histories.game_positions[s] for s in spans]
+    return _user_matrix(cols, [histories.minutes[s] for s in spans], n_games, weigh)
+
+
+def _user_matrix(
+    cols: list[np.ndarray], minutes: list[np.ndarray], n_games: int, weigh: Weigh | None
+) -> sp.csr_matrix:
     indptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
-    data = np.ones(indptr[-1], dtype=np.float32)
     indices = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    if weigh is None or not cols:
+        data = np.ones(indptr[-1], dtype=np.float32)
+    else:
+        data = weigh(np.concatenate(minutes)).astype(np.float32)
     return sp.csr_matrix((data, indices, indptr), shape=(len(cols), n_games))
-
-
-def train_matrix(histories: Histories, users: np.ndarray, n_games: int) -> sp.csr_matrix:
-    """Binary user x game matrix of the training users."""
-    spans = [histories.game_positions[histories.span(u)] for u in users]
-    indptr = np.concatenate([[0], np.cumsum([len(s) for s in spans])])
-    data = np.ones(indptr[-1], dtype=np.float32)
-    return sp.csr_matrix((data, np.concatenate(spans), indptr), shape=(len(users), n_games))
 
 
 def popularity_scorer(train: sp.csr_matrix) -> Scorer:
@@ -241,9 +257,12 @@ def dlae_weights(train: sp.csr_matrix, lam: float, dropout: float) -> np.ndarray
     return _full_weights(train.shape[1], played, -precision * added[None, :])
 
 
-def ease_scorer(histories: Histories, weights: np.ndarray) -> Scorer:
+def ease_scorer(histories: Histories, weights: np.ndarray, weigh: Weigh | None = None) -> Scorer:
+    """x·B, x the inputs (binary, or weighted by `weigh(minutes)`)."""
+
     def score(eval_set: EvalSet, rows: slice) -> np.ndarray:
-        return np.asarray(input_matrix(histories, eval_set, rows, len(weights)) @ weights)
+        inputs = input_matrix(histories, eval_set, rows, len(weights), weigh)
+        return np.asarray(inputs @ weights)
 
     return score
 
@@ -254,13 +273,15 @@ def tune_ease(
     validation: EvalSet,
     lambdas: Sequence[Param],
     fit: Callable[[sp.csr_matrix, Param], np.ndarray] = ease_weights,
+    weigh: Weigh | None = None,
 ) -> tuple[Param, np.ndarray]:
     """EASE with λ chosen by Recall@10 on validation users (or another item-item model `fit`
-    with its parameters chosen so)."""
+    with its parameters chosen so, queried with inputs weighted by `weigh`)."""
     best: tuple[float, Param, np.ndarray] | None = None
     for lam in lambdas:
         weights = fit(train, lam)
-        recall = ranking_metrics(ease_scorer(histories, weights), histories, validation, [10])
+        scorer = ease_scorer(histories, weights, weigh)
+        recall = ranking_metrics(scorer, histories, validation, [10])
         if best is None or recall["recall@10"] > best[0]:
             best = (recall["recall@10"], lam, weights)
     assert best is not None, "eval.ease_lambdas is empty"

@@ -86,6 +86,8 @@ def history_weights(minutes: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """How much each played game counts, before normalization."""
     if cfg.history_weight == "log1p":
         return 1.0 + np.log1p(minutes)  # a listed game counts even at 0 minutes
+    if cfg.history_weight == "power":
+        return (1.0 + minutes) ** cfg.history_power
     return np.ones(len(minutes))
 
 

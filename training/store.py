@@ -194,6 +194,13 @@ ADDED_SETTINGS = {
     ("model", "start_dropouts"): [0.0],  # only the start of training; served weights are stored
     ("train", "learning_rate_from_ease"): 1e-4,
     ("train", "patience_from_ease"): 10,
+    ("features", "history_power"): 0.0,  # only read with history_weight "power", new with it
+    ("model", "start_side_rows"): {  # only the start of training; served weights are stored
+        "genres_and_tags": 0.0,
+        "developers": 0.0,
+        "title_words": 0.0,
+        "title_word_max_games": 30,
+    },
     # Older models have a concrete index.type, which none of these change; only the target's
     # check (a warning on a rebuild below it) is new.
     ("index", "recall_target"): 0.95,

@@ -44,7 +44,7 @@ class TrainResult:
     best_validation: float
     seconds: float
     loss_kind: str
-    epochs: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, float | None]] = field(default_factory=list)  # loss None: the start
     ease_start: dict[str, float] = field(default_factory=dict)  # EASE's fit, if it started
 
 
@@ -251,7 +251,7 @@ def train_two_tower(
     from_ease = starts_from_ease(settings.model)
     ease_start = {}
     if from_ease and ranks.is_main:  # the other ranks get rank 0's weights when DDP wraps them
-        ease_start = start_from_ease(towers, histories, split, items, settings)
+        ease_start = start_from_ease(towers, histories, split, items, games_table, settings)
     genres_of_games = genre_matrix(game_genre_positions(games_table, vocab), len(vocab.genres))
     if stream is None:
         train_users = split.train_users[histories.lengths()[split.train_users] > 0]
@@ -284,7 +284,7 @@ def train_two_tower(
     best_state = None
     patience = settings.train.patience_from_ease if from_ease else settings.train.patience
 
-    def validate(epoch: int, loss: float) -> bool:
+    def validate(epoch: int, loss: float | None) -> bool:
         """Record the epoch, keep the weights if best on validation; False: time to stop."""
         nonlocal best_state
         recall = 0.0
@@ -303,6 +303,8 @@ def train_two_tower(
     # train.batch_size is the global batch: each of the ranks takes its share of it.
     bs = max(1, settings.train.batch_size // ranks.world)
     per_epoch = distributed.common_length(len(sampler))
+    if from_ease:  # epoch 0, the start itself: kept where no training step improves on it
+        validate(0, None)
     for epoch in range(1, settings.train.epochs + 1):
         towers.train()
         losses = []

@@ -29,9 +29,6 @@ from training.train import tower_scorer
 
 pytestmark = [pytest.mark.slow, requires_steam_data()]
 SERVED_PLAYERS = 100
-# One split of 401 test players moves by ~0.015 with the seed alone; a design that is really
-# behind (the first MLP + cosine design: -0.035 / -0.04 against EASE) fails.
-TOLERANCE = 0.015
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +59,12 @@ def test_default_config_beats_popularity_on_held_out_players(default_model: Pipe
 
 def test_default_config_is_not_below_ease(default_model: PipelineResult):
     """The guard of docs/quality.md's claim, on this one split: the default two-tower ranks at
-    least as well as EASE by Recall@10 and NDCG@10, within the noise of 401 test players."""
+    least as well as EASE by Recall@10 and NDCG@10 (0.3775 / 0.3071 against 0.3568 / 0.2933
+    when written; one split of 401 test players moves by ~0.015 with the seed alone)."""
     table = default_model.table
     tower, ease = table["two-tower"], table["ease"]
-    assert tower["recall@10"] >= ease["recall@10"] - TOLERANCE, table
-    assert tower["ndcg@10"] >= ease["ndcg@10"] - TOLERANCE, table
+    assert tower["recall@10"] >= ease["recall@10"], table
+    assert tower["ndcg@10"] >= ease["ndcg@10"], table
 
 
 def test_served_top_10_equals_the_evaluated_top_10(default_model: PipelineResult):

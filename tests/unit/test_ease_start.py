@@ -9,15 +9,17 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from tests.conftest import config_section
 from tests.unit.test_towers import FEATURES, GAMES, VOCAB
-from training.config import load_training_config, with_overrides
+from training.config import SideRowsConfig, load_training_config, with_overrides
 from training.ease_start import (
     ease_factors,
     metadata_matrix,
     metadata_start,
+    side_rows,
     start_from_ease,
     with_ease_start,
 )
@@ -33,6 +35,12 @@ MODEL = {
     "embedding_dim": 4,
     "start_from_ease": True,
     "start_dropouts": [0.0],  # at EASE itself
+    "start_side_rows": {  # plays alone
+        "genres_and_tags": 0.0,
+        "developers": 0.0,
+        "title_words": 0.0,
+        "title_word_max_games": 30,
+    },
 }
 # Four players over the four games of the towers' tests; everyone trains.
 PLAYS = pd.DataFrame(
@@ -51,10 +59,15 @@ def histories_and_split() -> tuple[Histories, Split]:
     return histories, Split(train_users=np.arange(4), validation=nobody, test=nobody)
 
 
-def settings_with(**model: object):
+def settings_with(history_weight: str = "binary", **model: object):
     return with_overrides(
         load_training_config(),
-        {**{f"model.{k}": v for k, v in {**MODEL, **model}.items()}, "eval.ease_lambdas": [1.0]},
+        {
+            **{f"model.{k}": v for k, v in {**MODEL, **model}.items()},
+            "eval.ease_lambdas": [1.0],
+            "features.history_weight": history_weight,
+            "features.history_power": 0.5,
+        },
     )
 
 
@@ -82,6 +95,67 @@ def test_with_a_dropout_the_factors_are_dlae_at_full_rank():
     )
 
 
+def test_the_start_counts_each_game_as_the_user_tower_weighs_it():
+    """With `features.history_weight: power` the start is EASE on plays weighted
+    (1 + minutes) ** power, not on 0/1 plays: the linear model the towers start at is the
+    one their user tower's weights query."""
+    plays = PLAYS.assign(minutes_played=[0.0, 300.0, 5.0, 60.0, 1.0, 1000.0, 20.0, 3.0])
+    histories = Histories.from_interactions(plays, VOCAB)
+    split = histories_and_split()[1]
+    settings = settings_with(history_weight="power")
+    user_games, item_ids, _ = ease_factors(histories, split, 4, settings)
+    weighted = train_matrix(histories, split.train_users, 4, lambda m: (1 + m) ** 0.5)
+    assert weighted[0, 1] == pytest.approx(301**0.5)
+    expected, binary = (
+        ease_weights(weighted, 1.0),
+        ease_weights(train_matrix(histories, split.train_users, 4), 1.0),
+    )
+    assert np.abs(expected - binary).max() > 0.01
+    torch.testing.assert_close(
+        user_games @ item_ids.T, torch.from_numpy(expected), atol=1e-4, rtol=0
+    )
+
+
+SERIES = GAMES.assign(
+    title=["Portal", "Portal 2: The Sequel", "The Witcher", "Stardew Valley"],
+    developer=["Valve", "Valve", None, "ConcernedApe"],
+)
+
+
+def side_rows_with(**weights: float):
+    cfg = {**MODEL["start_side_rows"], **weights}
+    items = catalog_items(SERIES, VOCAB, FEATURES)
+    return side_rows(SERIES, items, len(VOCAB.genres), len(VOCAB.tags), SideRowsConfig(**cfg))
+
+
+def test_side_rows_are_the_games_of_each_genre_tag_developer_and_series_word():
+    genres_and_tags = side_rows_with(genres_and_tags=0.5).toarray()
+    # rpg: g_0 and g_1; roguelike: g_1; puzzle: g_3; co-op: g_0 and g_2
+    assert sorted(map(tuple, genres_and_tags.tolist())) == sorted(
+        [(0.5, 0.5, 0, 0), (0, 0.5, 0, 0), (0, 0, 0, 0.5), (0.5, 0, 0.5, 0)]
+    )
+    developers = side_rows_with(developers=2.0).toarray()  # a game without one is in none
+    assert sorted(map(tuple, developers.tolist())) == [(0, 0, 0, 2), (2, 2, 0, 0)]
+    # Words of 3+ letters in 2 to title_word_max_games titles: "portal" and "the"
+    words = side_rows_with(title_words=1.0).toarray()
+    assert sorted(map(tuple, words.tolist())) == [(0, 1, 1, 0), (1, 1, 0, 0)]
+    assert side_rows_with(title_words=1.0, title_word_max_games=2).shape == (2, 4)
+    assert side_rows_with().shape == (0, 4)  # every weight 0: plays alone
+
+
+def test_side_rows_join_the_play_matrix_the_start_is_fitted_to():
+    """Collective EASE: the start is EASE on the players' rows and the side rows together."""
+    histories, split = histories_and_split()
+    rows = side_rows_with(genres_and_tags=0.7, developers=1.0, title_words=1.0)
+    user_games, item_ids, _ = ease_factors(histories, split, 4, settings_with(), rows)
+    plays = train_matrix(histories, split.train_users, 4)
+    expected = ease_weights(sp.vstack([plays, rows]), 1.0)
+    assert np.abs(expected - ease_weights(plays, 1.0)).max() > 0.01
+    torch.testing.assert_close(
+        user_games @ item_ids.T, torch.from_numpy(expected), atol=1e-4, rtol=0
+    )
+
+
 @torch.no_grad()
 def test_started_towers_score_a_player_as_ease_does_times_the_scale():
     """The towers' score of every game, before any training step, is the player's EASE score
@@ -91,7 +165,7 @@ def test_started_towers_score_a_player_as_ease_does_times_the_scale():
     settings = settings_with()
     towers = TwoTower(4, len(VOCAB.genres), len(VOCAB.tags), settings.model).eval()
     items = catalog_items(GAMES, VOCAB, FEATURES)
-    record = start_from_ease(towers, histories, split, items, settings)
+    record = start_from_ease(towers, histories, split, items, GAMES, settings)
     assert record == {"ease_lambda": 1.0, "dropout": 0.0, "rank": 4}
     user = collate_users([encode_record(UserRecord(time_played={"g_1": 5.0}), VOCAB, FEATURES)])
     scores = towers.user_embed(user) @ towers.item_embed(items).T

@@ -49,6 +49,12 @@ def test_binary_weights_ignore_minutes():
     np.testing.assert_allclose(user.game_weights, [0.5, 0.5])
 
 
+def test_power_weights_grow_slowly_with_minutes():
+    cfg = config_section("features", history_weight="power", history_power=0.5, history_norm="mean")
+    user = encode_history(np.array([0, 1]), np.array([0.0, 8.0]), np.zeros(2), np.zeros(0), cfg)
+    np.testing.assert_allclose(user.game_weights, [1 / 4, 3 / 4], rtol=1e-6)  # 1 and 9 ** 0.5
+
+
 def test_history_is_capped_at_the_most_played_games():
     cfg = config_section("features", max_history=2)
     user = encode_history(np.arange(3), np.array([1.0, 100.0, 50.0]), np.zeros(3), np.zeros(0), cfg)
@@ -92,7 +98,7 @@ def test_top_genres_follow_the_weights():
 
 
 @pytest.mark.parametrize("history_norm", ["mean", "l2"])
-@pytest.mark.parametrize("history_weight", ["binary", "log1p"])
+@pytest.mark.parametrize("history_weight", ["binary", "log1p", "power"])
 def test_batch_encoding_equals_one_history_at_a_time(history_weight, history_norm):
     """Training encodes a batch at once; serving one request at a time: the same features."""
     cfg = config_section(
