@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -259,19 +260,33 @@ class TestHTTP:
             for i, u in enumerate(trained.split.test.users[:32])
         ]
         alone = [server.post("/recommend", json=b).json()["recommendations"] for b in bodies]
-        calls, queries = _runner_calls(server)
-        with ThreadPoolExecutor(len(bodies)) as pool:
-            together = list(pool.map(lambda b: server.post("/recommend", json=b), bodies))
-        assert [r.status_code for r in together] == [200] * len(bodies)
-        for response, expected in zip(together, alone, strict=True):
-            got = response.json()["recommendations"]  # batched math: equal up to rounding
-            assert [g["game_id"] for g in got] == [g["game_id"] for g in expected]
-            np.testing.assert_allclose(
-                [g["score"] for g in got], [g["score"] for g in expected], rtol=1e-5
-            )
-        calls_after, queries_after = _runner_calls(server)
-        assert queries_after - queries == len(bodies)
-        assert calls_after - calls < len(bodies)
+        start = threading.Barrier(len(bodies))
+
+        def post_at_once(body: dict) -> httpx.Response:
+            start.wait()
+            return server.post("/recommend", json=body)
+
+        # A worker's only request skips the coalescer, so calls are shared only where requests
+        # overlap at the server; on a loaded machine the client's threads may send one burst
+        # spread out, so up to three bursts are tried.
+        shared = []
+        for _ in range(3):
+            calls, queries = _runner_calls(server)
+            with ThreadPoolExecutor(len(bodies)) as pool:
+                together = list(pool.map(post_at_once, bodies))
+            assert [r.status_code for r in together] == [200] * len(bodies)
+            for response, expected in zip(together, alone, strict=True):
+                got = response.json()["recommendations"]  # batched math: equal up to rounding
+                assert [g["game_id"] for g in got] == [g["game_id"] for g in expected]
+                np.testing.assert_allclose(
+                    [g["score"] for g in got], [g["score"] for g in expected], rtol=1e-5
+                )
+            calls_after, queries_after = _runner_calls(server)
+            assert queries_after - queries == len(bodies)
+            shared.append(calls_after - calls)
+            if shared[-1] < len(bodies):
+                break
+        assert min(shared) < len(bodies), shared
 
     def test_still_serves_after_bad_input(self, server):
         assert server.get("/readyz").status_code == 200
