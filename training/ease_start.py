@@ -66,17 +66,18 @@ def ease_factors(
     split: Split,
     n_games: int,
     settings: TrainingSettings,
-    side_rows: sp.csr_matrix | None = None,
+    metadata_rows: sp.csr_matrix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """(P, Q, the fit's record): B ≈ P·Qᵀ of rank `model.embedding_dim` (zero-padded past the
     catalog's size), B = EASE or DLAE on the training players, the model (an input dropout of
     `model.start_dropouts`, 0 for EASE) and λ (of `eval.ease_lambdas`) chosen on the
     validation players. Each played game counts as the user tower weighs it
-    (`features.history_weight`); `side_rows` (`side_rows`) join the players' rows."""
+    (`features.history_weight`); `metadata_rows` (made by `side_rows`) join the players'
+    rows."""
     weigh = partial(history_weights, cfg=settings.features)
     train = train_matrix(histories, split.train_users, n_games, weigh)
-    if side_rows is not None:
-        train = sp.vstack([train, side_rows], format="csr")
+    if metadata_rows is not None:
+        train = sp.vstack([train, metadata_rows], format="csr")
     lambdas = settings.eval.ease_lambdas
     candidates = [(p, lam) for p in settings.model.start_dropouts for lam in lambdas]
     (dropout, lam), weights = tune_ease(

@@ -164,8 +164,10 @@ def input_matrix(
     spans = [histories.span(u) for u in eval_set.users[rows]]
     picks = eval_set.inputs[rows]
     cols = [histories.game_positions[s][i] for s, i in zip(spans, picks, strict=True)]
+    if weigh is None:
+        return _user_matrix(cols, None, n_games)
     minutes = [histories.minutes[s][i] for s, i in zip(spans, picks, strict=True)]
-    return _user_matrix(cols, minutes, n_games, weigh)
+    return _user_matrix(cols, weigh(np.concatenate(minutes)) if cols else None, n_games)
 
 
 def train_matrix(
@@ -174,19 +176,17 @@ def train_matrix(
     """User x game matrix of the training users: 1 per played game, or `weigh(minutes)`."""
     spans = [histories.span(u) for u in users]
     cols = [histories.game_positions[s] for s in spans]
-    return _user_matrix(cols, [histories.minutes[s] for s in spans], n_games, weigh)
+    if weigh is None or not spans:
+        return _user_matrix(cols, None, n_games)
+    return _user_matrix(cols, weigh(np.concatenate([histories.minutes[s] for s in spans])), n_games)
 
 
-def _user_matrix(
-    cols: list[np.ndarray], minutes: list[np.ndarray], n_games: int, weigh: Weigh | None
-) -> sp.csr_matrix:
+def _user_matrix(cols: list[np.ndarray], data: np.ndarray | None, n_games: int) -> sp.csr_matrix:
+    """Rows of the games in `cols`, with the values `data` (flat, in that order) or 1."""
     indptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])])
     indices = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    if weigh is None or not cols:
-        data = np.ones(indptr[-1], dtype=np.float32)
-    else:
-        data = weigh(np.concatenate(minutes)).astype(np.float32)
-    return sp.csr_matrix((data, indices, indptr), shape=(len(cols), n_games))
+    values = np.ones(indptr[-1]) if data is None else data
+    return sp.csr_matrix((values.astype(np.float32), indices, indptr), shape=(len(cols), n_games))
 
 
 def popularity_scorer(train: sp.csr_matrix) -> Scorer:
